@@ -1,0 +1,158 @@
+"""Character corpora cut into batches: the report's streams, or shuffled sliding windows."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from hw2.data.vocab import Vocab
+
+log = logging.getLogger(__name__)
+
+MODES = ("stream", "window")
+
+
+def make_streams(ids: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Split the text into `batch_size` contiguous rows (the tail that does not fit is dropped)."""
+    length = ids.numel() // batch_size
+    return ids[: batch_size * length].view(batch_size, length)
+
+
+class StreamWindows(IterableDataset):
+    """The report's mini-batches: window i is columns [i*T, (i+1)*T) of every stream, targets
+    shifted by one; the last window may be shorter. Consecutive windows continue each stream, so
+    the model carries its hidden state from one to the next (truncated BPTT). Iterable, so that
+    no sampler reorders or shards the windows."""
+
+    def __init__(self, streams: torch.Tensor, seq_len: int) -> None:
+        self.streams, self.seq_len = streams, seq_len
+
+    def __len__(self) -> int:
+        return math.ceil((self.streams.shape[1] - 1) / self.seq_len)
+
+    def __iter__(self):
+        last = self.streams.shape[1] - 1  # the final column is only ever a target
+        for start in range(0, last, self.seq_len):
+            end = min(start + self.seq_len, last)
+            yield self.streams[:, start:end], self.streams[:, start + 1 : end + 1]
+
+
+class SlidingWindows(Dataset):
+    """Windows of `seq_len` + 1 characters starting every `stride` characters."""
+
+    def __init__(self, ids: torch.Tensor, seq_len: int, stride: int) -> None:
+        self.ids, self.seq_len, self.stride = ids, seq_len, stride
+        self.count = (ids.numel() - seq_len - 1) // stride + 1
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        chunk = self.ids[i * self.stride : i * self.stride + self.seq_len + 1]
+        return chunk[:-1], chunk[1:]
+
+
+class CharDataModule(pl.LightningDataModule):
+    """Text from a corpus object (`load() -> {"train", "val"[, "test"]}`), a vocabulary built
+    from the training text, and loaders in `stream` or `window` mode."""
+
+    def __init__(
+        self,
+        corpus: Any,
+        mode: Literal["stream", "window"] = "stream",
+        batch_size: int = 64,
+        seq_len: int = 128,
+        stride: int | None = None,
+        unknown_chars: Literal["map", "error"] = "map",
+        num_workers: int = 0,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"data.mode={mode!r} is not one of {MODES}")
+        if unknown_chars not in ("map", "error"):
+            raise ValueError(f"data.unknown_chars={unknown_chars!r} must be 'map' or 'error'")
+        for key, value in (("batch_size", batch_size), ("seq_len", seq_len)):
+            if value < 1:
+                raise ValueError(f"data.{key} must be >= 1, got {value}")
+        if stride is not None and stride < 1:
+            raise ValueError(f"data.stride must be >= 1 or null, got {stride}")
+        self.corpus = corpus
+        self.mode, self.batch_size, self.seq_len = mode, batch_size, seq_len
+        self.stride = stride or seq_len
+        self.unknown_chars = unknown_chars
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.vocab: Vocab | None = None
+        self.ids: dict[str, torch.Tensor] = {}
+
+    def prepare_data(self) -> None:
+        prepare = getattr(self.corpus, "prepare", None)
+        if prepare is not None:
+            prepare()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.vocab is not None:
+            return
+        texts = self.corpus.load()
+        texts.setdefault("test", texts["val"])
+        missing = sorted(set(texts["val"] + texts["test"]) - set(texts["train"]))
+        self.vocab = Vocab.from_text(texts["train"], unk=bool(missing))
+        if missing and self.unknown_chars == "map":
+            log.warning("%d character(s) of val/test are not in the training text and map to "
+                        "<unk>: %s", len(missing), "".join(missing[:40]))
+        strict = self.unknown_chars == "error"
+        self.ids = {split: self.vocab.encode(text, f"the {split} text", strict=strict)
+                    for split, text in texts.items()}
+        for split, ids in self.ids.items():
+            self._check_length(split, ids.numel())
+
+    def _check_length(self, split: str, n: int) -> None:
+        if self.mode == "stream":
+            per_stream = n // self.batch_size
+            if per_stream - 1 < self.seq_len:
+                raise ValueError(
+                    f"data.seq_len={self.seq_len} is too long for the {split} split: {n} chars "
+                    f"in data.batch_size={self.batch_size} streams leave {per_stream} per stream;"
+                    f" lower data.seq_len or data.batch_size")
+        elif n < self.seq_len + 1:
+            raise ValueError(f"data.seq_len={self.seq_len} is longer than the {split} split "
+                             f"({n} chars); lower data.seq_len")
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """What the model needs from the data: its vocabulary and whether to carry state."""
+        assert self.vocab is not None, "call setup() first"
+        return {"vocab": self.vocab.state_dict(), "carry_hidden": self.mode == "stream"}
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        ids = self.ids[split]
+        if self.mode == "stream":
+            world, rank = 1, 0
+            if self.trainer is not None:
+                world, rank = self.trainer.world_size, self.trainer.global_rank
+            streams = make_streams(ids, self.batch_size * world)
+            mine = streams[rank * self.batch_size : (rank + 1) * self.batch_size]
+            return DataLoader(StreamWindows(mine, self.seq_len), batch_size=None)
+        stride = self.stride if train else self.seq_len  # evaluate each character once
+        return DataLoader(
+            SlidingWindows(ids, self.seq_len, stride),
+            batch_size=self.batch_size,
+            shuffle=train,
+            drop_last=train,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)

@@ -1,0 +1,137 @@
+"""The whole training path: config -> data, model, callbacks, loggers, trainer -> fit -> test."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from hw2.runtime import tune_malloc
+
+log = logging.getLogger(__name__)
+
+
+def instantiate_group(group: DictConfig | None) -> list[Any]:
+    """Instantiate every entry with a `_target_` of a config group (callbacks, loggers)."""
+    if not group:
+        return []
+    return [instantiate(node) for node in group.values()
+            if isinstance(node, DictConfig) and "_target_" in node]
+
+
+def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
+    """data/model/trainer keys and the seed as flat `group.key` scalars for TensorBoard's
+    HParams view (targets and nested objects left out)."""
+    out: dict[str, Any] = {"seed": cfg.get("seed")}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, Mapping):
+            for k, v in node.items():
+                if k != "_target_" and not str(k).startswith("_"):
+                    walk(f"{prefix}.{k}", v)
+        elif isinstance(node, list):
+            out[prefix] = str(node)
+        else:
+            out[prefix] = node
+
+    for group in ("data", "model", "trainer"):
+        node = OmegaConf.to_container(cfg.get(group), resolve=True) if cfg.get(group) else {}
+        for k, v in node.items():
+            if k in ("_target_", "plugins", "default_root_dir"):
+                continue
+            walk(f"{group}.{k}", v)
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def describe(cfg: DictConfig) -> str:
+    """One screen of the composed config: the chosen groups, then model and data keys."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        choices = HydraConfig.get().runtime.choices
+        picked = " ".join(f"{k}={v}" for k, v in choices.items()
+                          if v is not None and not k.startswith("hydra"))
+    except ValueError:
+        picked = ""
+    keys = {g: {k: v for k, v in OmegaConf.to_container(cfg[g]).items() if k != "_target_"}
+            for g in ("model", "data") if g in cfg}
+    return f"{picked}\n{OmegaConf.to_yaml(keys)}"
+
+
+def scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items()
+            if isinstance(v, (int, float)) or (torch.is_tensor(v) and v.numel() == 1)}
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    """Train and/or test as the config says; returns the final metrics."""
+    if cfg.get("tune_malloc"):
+        tune_malloc()
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path is not None and not Path(ckpt_path).is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path} is not a file: give a checkpoint written "
+                                "by a run, e.g. logs/<task>/runs/<time>/checkpoints/last.ckpt")
+    if not cfg.get("train") and not cfg.get("test"):
+        raise ValueError("train=false and test=false: nothing to do")
+
+    log.info("config:\n%s", describe(cfg))
+    datamodule: pl.LightningDataModule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    model: pl.LightningModule = instantiate(
+        cfg.model, **datamodule.model_kwargs(), _convert_="all"
+    )
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    loggers = instantiate_group(cfg.get("logger"))
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    metrics: dict[str, float] = {}
+    if cfg.get("train"):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        metrics.update(scalars(trainer.callback_metrics))
+    if cfg.get("test"):
+        if cfg.get("train"):
+            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+            test_ckpt = best or None
+            if not best:
+                log.warning("no best checkpoint (no checkpoint callback): testing current weights")
+        else:
+            if ckpt_path is None:
+                raise ValueError("train=false needs ckpt_path=<checkpoint> to test")
+            test_ckpt = ckpt_path
+        trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt)
+        metrics.update(scalars(trainer.callback_metrics))
+
+    final = {k: v for k, v in metrics.items() if k.startswith(("val/", "test/"))}
+    for logger in trainer.loggers:
+        logger.log_hyperparams(flat_hparams(cfg), metrics={f"hp/{k}": v for k, v in final.items()})
+        logger.save()
+    report(cfg, trainer, metrics)
+    return metrics
+
+
+def report(cfg: DictConfig, trainer: pl.Trainer, metrics: Mapping[str, float]) -> None:
+    """Where the run went and how it ended, printed last so a user sees it."""
+    if not trainer.is_global_zero:
+        return
+    lines = ["", "final metrics:"]
+    lines += [f"  {k:<16} {v:.4f}" for k, v in sorted(metrics.items())
+              if k.startswith(("train/", "val/", "test/"))]
+    out = Path(cfg.paths.output_dir)
+    lines.append(f"run directory: {out}")
+    cb = trainer.checkpoint_callback
+    if cb is not None and getattr(cb, "best_model_path", ""):
+        lines.append(f"best checkpoint: {cb.best_model_path}")
+    if cb is not None and getattr(cb, "last_model_path", ""):
+        lines.append(f"last checkpoint: {cb.last_model_path} (resume: ckpt_path=<it>)")
+    if any(type(lg).__name__ == "TensorBoardLogger" for lg in trainer.loggers):
+        lines.append(f"inspect: tensorboard --logdir {out.parent}")
+    print("\n".join(lines), flush=True)
