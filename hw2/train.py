@@ -91,7 +91,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     )
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, _convert_="all"
+    )
 
     metrics: dict[str, float] = {}
     if cfg.get("train"):

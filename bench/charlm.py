@@ -1,0 +1,110 @@
+"""Validation BPC against wall time for the CharLM cells on tiny shakespeare (90/10), on this CPU.
+
+    python bench/charlm.py                      # lstm, gru, rnn; 30 min each
+    python bench/charlm.py --cells lstm --minutes 2
+
+Each cell trains through the project's own path (Hydra config -> hw2.train.run) with the
+default recipe (2x512, bf16-mixed, stream batches 64x128); val BPC is read back from the
+TensorBoard events with their wall times. Prints one table at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def probe_chars_per_sec(cell: str, batch: int, seq_len: int) -> float:
+    """Training throughput of the bare network (bf16 autocast), to size the LR schedule."""
+    import torch
+    import torch.nn.functional as F
+
+    from hw2.models.charlm import CharRNN
+
+    net = CharRNN(65, cell, 128, 512, 2, dropout=0.2)
+    opt = torch.optim.AdamW(net.parameters(), 2e-3)
+    x = torch.randint(0, 65, (batch, seq_len))
+    for i in range(25):
+        if i == 5:
+            t = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits, _ = net(x)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), x.flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return 20 * batch * seq_len / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cells", default="lstm,gru,rnn")
+    ap.add_argument("--minutes", type=float, default=30.0)
+    ap.add_argument("--val-every", type=int, default=100, help="steps between validations")
+    ap.add_argument("--data-dir", default=os.environ.get("HW2_DATA_DIR", str(ROOT.parent / "shared" / "data")))
+    ap.add_argument("--out", default=None, help="run directories (default: a temp dir)")
+    args = ap.parse_args()
+    if not (Path(args.data_dir) / "tinyshakespeare.txt").is_file():
+        print(f"skip: {args.data_dir}/tinyshakespeare.txt not found (set HW2_DATA_DIR)")
+        return
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from hw2.train import run
+    from tests.conftest import compose_train
+
+    out_root = Path(args.out or tempfile.mkdtemp(prefix="bench_charlm_"))
+    batch, seq_len = 64, 128
+    rows = []
+    for cell in args.cells.split(","):
+        cps = probe_chars_per_sec(cell, batch, seq_len)
+        steps = int(args.minutes * 60 * cps / (batch * seq_len) * 0.85)  # minus val/overhead
+        out = out_root / cell
+        cfg = compose_train([
+            "data=tinyshakespeare", f"paths.data_dir={args.data_dir}", f"model.cell={cell}",
+            f"paths.root_dir={out_root}", f"data.batch_size={batch}", f"data.seq_len={seq_len}",
+            "trainer.max_epochs=-1", f"+trainer.max_steps={steps}",
+            f"+trainer.max_time={{minutes: {args.minutes}}}",
+            f"trainer.val_check_interval={args.val_every}",
+            "trainer.check_val_every_n_epoch=null", "callbacks.progress_bar.refresh_rate=0",
+            "trainer.enable_model_summary=false", "callbacks.text_sample.length=100",
+        ], out)
+        print(f"== {cell}: probe {cps:,.0f} chars/s, schedule {steps} steps, "
+              f"{args.minutes} min -> {out}", flush=True)
+        t0 = time.time()
+        metrics = run(cfg)
+        wall = time.time() - t0
+        ev = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0})
+        ev.Reload()
+        curve = [(e.wall_time - t0, e.value) for e in ev.Scalars("val/bpc")]
+        step = ev.Scalars("train/loss")[-1].step if ev.Scalars("train/loss") else 0
+        params = sum(p.numel() for p in __import__("hw2.generate", fromlist=["x"])
+                     .load_charlm(out / "checkpoints" / "last.ckpt").parameters())
+
+        def at(minutes: float) -> str:
+            seen = [v for t, v in curve if t <= minutes * 60 + 5]
+            return f"{min(seen):.3f}" if seen and wall >= minutes * 60 - 30 else "-"
+
+        rows.append((cell, params, step * batch * seq_len / wall, at(2), at(10), at(30),
+                     metrics.get("test/bpc", math.nan), wall))
+        print("   minute  val_bpc")
+        for t, v in curve:
+            print(f"   {t / 60:6.2f}  {v:.3f}")
+    print("\n| cell | parameters | chars/s (train, incl. val) | val BPC 2 min | 10 min | 30 min "
+          "| best val BPC (end) | wall |")
+    print("|---|---|---|---|---|---|---|---|")
+    for cell, params, cps, b2, b10, b30, best, wall in rows:
+        print(f"| {cell} | {params / 1e6:.2f}M | {cps:,.0f} | {b2} | {b10} | {b30} | {best:.3f} "
+              f"| {wall / 60:.1f} min |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,223 @@
+"""Food photos for the CNN task: one LightningDataModule for Food-11, class-per-folder trees and
+torchvision's Food-101, with the report's preprocessing and photos as they come (any mode)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from hw2.data.image_folders import Layout, Sample, Splits, find_splits
+
+log = logging.getLogger(__name__)
+
+# the report's Normalize(0.5, 0.5, 0.5): pixels in [-1, 1]; callbacks undo it for display
+MEAN = (0.5, 0.5, 0.5)
+STD = (0.5, 0.5, 0.5)
+AUGMENTS = ("report", "strong")
+
+
+class BadImageError(OSError):
+    """A file that PIL cannot decode (truncated, not an image)."""
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode as RGB; transparent pixels go on white (not on whatever colour they hide)."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit greyscale: scale to 8 bits
+        image = image.convert("I").point(lambda v: v * (1 / 256)).convert("L")
+    return image.convert("RGB")
+
+
+def load_rgb(path: str | Path, min_side: int | None = None) -> Image.Image:
+    """Decode (libjpeg-turbo through PIL) to RGB. With `min_side`, JPEGs are decoded at the
+    smallest 1/2, 1/4, 1/8 scale that keeps both sides >= min_side: much less work when the
+    photo is resized down afterwards anyway."""
+    try:
+        with Image.open(path) as image:
+            if min_side is not None and image.format == "JPEG":
+                image.draft("RGB", (min_side, min_side))
+            image.load()
+            return to_rgb(image)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise BadImageError(f"{path}: cannot decode this image ({type(e).__name__}: {e}); "
+                            "replace or remove the file, or set data.skip_bad_images=true") from e
+
+
+def check_image(path: Path) -> str | None:
+    """None if the file decodes completely (at 1/8 scale for JPEG: fast), else the reason."""
+    try:
+        with Image.open(path) as image:
+            image.draft(image.mode, (1, 1))
+            image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def build_transform(image_size: int, train: bool, resize: int | None = None,
+                    augment: Literal["report", "strong"] = "report") -> v2.Compose:
+    """The report's preprocessing: [Resize(shorter side)] -> CenterCrop -> RandomHorizontalFlip
+    (training only) -> tensor in [0, 1] -> Normalize(0.5, 0.5). `strong` training adds a random
+    resized crop and colour jitter instead of the centre crop."""
+    if image_size < 1:
+        raise ValueError(f"data.image_size must be >= 1, got {image_size}")
+    if resize is not None and resize < 1:
+        raise ValueError(f"data.resize must be >= 1 or null, got {resize}")
+    if augment not in AUGMENTS:
+        raise ValueError(f"data.augment={augment!r} is not one of {AUGMENTS}")
+    steps: list[Callable[..., Any]] = []
+    if train and augment == "strong":
+        steps += [v2.RandomResizedCrop(image_size, scale=(0.35, 1.0), antialias=True),
+                  v2.RandomHorizontalFlip(),
+                  v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.03)]
+    else:
+        if resize is not None:
+            steps.append(v2.Resize(resize, antialias=True))
+        steps.append(v2.CenterCrop(image_size))
+        if train:
+            steps.append(v2.RandomHorizontalFlip())
+    steps += [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)]
+    return v2.Compose(steps)
+
+
+class ImageSamples(Dataset):
+    """`(path, label)` pairs decoded to RGB and transformed: `(3, s, s)` float tensor, label."""
+
+    def __init__(self, samples: list[Sample], transform: Callable[[Image.Image], torch.Tensor],
+                 min_side: int | None = None) -> None:
+        self.samples, self.transform, self.min_side = samples, transform, min_side
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[i]
+        return self.transform(load_rgb(path, self.min_side)), label
+
+
+class ImageDataModule(pl.LightningDataModule):
+    """Image folders (`layout: auto|food11|folders|food101`) -> train/val/test loaders."""
+
+    def __init__(
+        self,
+        root: str,
+        layout: Layout = "auto",
+        image_size: int = 512,
+        resize: int | None = None,
+        augment: Literal["report", "strong"] = "report",
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 2,
+        pin_memory: bool | None = None,
+        persistent_workers: bool = True,
+        skip_bad_images: bool = False,
+        download: bool = False,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
+        self.root = Path(root).expanduser()
+        self.layout = layout
+        self.image_size, self.resize, self.augment = image_size, resize, augment
+        self.transforms = {"train": build_transform(image_size, True, resize, augment),
+                           "eval": build_transform(image_size, False, resize, augment)}
+        self.val_fraction, self.split_seed = val_fraction, split_seed
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.skip_bad_images, self.download = skip_bad_images, download
+        self.splits: Splits | None = None
+        self.datasets: dict[str, ImageSamples] = {}
+
+    def prepare_data(self) -> None:
+        if self.layout == "food101" and self.download:
+            find_splits(self.root, "food101", download=True)  # once, on the main process
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits is not None:
+            return
+        layout, splits = find_splits(self.root, self.layout, self.val_fraction, self.split_seed,
+                                     download=False)
+        if self.skip_bad_images:
+            self._drop_bad(splits)
+        self.splits = splits
+        # decode JPEGs no larger than needed when the shorter side is resized anyway
+        min_side = self.resize if self.resize is not None and self.augment == "report" else None
+        for split, samples in splits.samples.items():
+            kind = "train" if split == "train" else "eval"
+            self.datasets[split] = ImageSamples(samples, self.transforms[kind], min_side)
+        counts = ", ".join(f"{k} {len(v)}" for k, v in splits.samples.items())
+        log.info("%s: %s layout, %d classes, %s images", self.root, layout,
+                 len(splits.class_names), counts)
+
+    def _drop_bad(self, splits: Splits) -> None:
+        """Decode every file once; drop the broken ones with one warning that counts them."""
+        bad: list[str] = []
+        for split, samples in splits.samples.items():
+            keep = []
+            for path, label in samples:
+                reason = check_image(path)
+                if reason is None:
+                    keep.append((path, label))
+                else:
+                    bad.append(f"{path} ({reason})")
+            if not keep:
+                raise ValueError(f"every image of the {split} split under {self.root} is "
+                                 "unreadable")
+            splits.samples[split] = keep
+        if bad:
+            shown = "; ".join(bad[:5]) + ("; ..." if len(bad) > 5 else "")
+            log.warning("skipped %d unreadable image file(s) (data.skip_bad_images=true): %s",
+                        len(bad), shown)
+
+    @property
+    def class_names(self) -> list[str]:
+        assert self.splits is not None, "call setup() first"
+        return list(self.splits.class_names)
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """What the model needs from the data."""
+        names = self.class_names
+        return {"num_classes": len(names), "class_names": names, "image_size": self.image_size}
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        if not self.datasets:
+            self.setup()
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            drop_last=train and len(self.datasets[split]) > self.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)

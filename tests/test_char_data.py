@@ -1,0 +1,177 @@
+"""Corpora, vocabulary and the two batching modes."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from hw2.data.char_data import CharDataModule, SlidingWindows, StreamWindows, make_streams
+from hw2.data.corpus import IambicPlays, TextFiles, TinyShakespeare, render_play
+from hw2.data.vocab import Vocab
+
+
+def test_report_nctu_example_batch2_timestep3() -> None:
+    """The report: "NCTU is good", batch_size 2, time_step 3."""
+    text = "NCTU is good"
+    vocab = Vocab.from_text(text)
+    streams = make_streams(vocab.encode(text), batch_size=2)
+    assert [vocab.decode(row) for row in streams] == ["NCTU i", "s good"]
+    pairs = [
+        ([vocab.decode(col) for col in x.T], [vocab.decode(col) for col in y.T])
+        for x, y in StreamWindows(streams, seq_len=3)
+    ]
+    # the report's [N, s][C, _][T, g] -> [C, _][T, g][U, o], then [U, o][_, o] -> [_, o][i, d]
+    assert pairs == [
+        (["Ns", "C ", "Tg"], ["C ", "Tg", "Uo"]),
+        (["Uo", " o"], [" o", "id"]),
+    ]
+    assert len(StreamWindows(streams, seq_len=3)) == 2
+
+
+def test_sliding_windows_stride_and_shift() -> None:
+    ids = torch.arange(20)
+    ds = SlidingWindows(ids, seq_len=5, stride=3)
+    assert len(ds) == (20 - 5 - 1) // 3 + 1
+    x, y = ds[2]
+    assert x.tolist() == [6, 7, 8, 9, 10] and y.tolist() == [7, 8, 9, 10, 11]
+    last_x, last_y = ds[len(ds) - 1]
+    assert last_y[-1] <= 19
+
+
+def test_vocab_round_trip_and_unknown_policy() -> None:
+    vocab = Vocab.from_text("hello world")
+    assert vocab.decode(vocab.encode("low world")) == "low world"
+    assert Vocab.from_state_dict(vocab.state_dict()) == vocab
+    with pytest.raises(ValueError, match=r"'z'.*'!'|'!'.*'z'"):
+        vocab.encode("zoo!", "the val text")
+    unk = Vocab.from_text("hello", unk=True)
+    assert len(unk) == len(set("hello")) + 1
+    assert unk.encode("hex").tolist()[-1] == unk.unk_index
+    with pytest.raises(ValueError, match="prime has 1 character"):
+        unk.encode("hex", "prime", strict=True)
+
+
+def test_text_file_split_and_separate_files(tmp_path: Path) -> None:
+    f = tmp_path / "t.txt"
+    f.write_text("abcdefghij" * 10)
+    splits = TextFiles(path=str(f), val_fraction=0.1).load()
+    assert len(splits["train"]) == 90 and splits["val"] == ("abcdefghij" * 10)[90:]
+    (tmp_path / "tr.txt").write_text("train text")
+    (tmp_path / "va.txt").write_text("valid text")
+    splits = TextFiles(train_path=str(tmp_path / "tr.txt"), val_path=str(tmp_path / "va.txt")).load()
+    assert splits == {"train": "train text", "val": "valid text"}
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [(None, "not found"), (b"", "is empty"), (b"\xff\xfe caf\xe9", "not UTF-8")],
+)
+def test_bad_corpus_files(tmp_path: Path, content: bytes | None, match: str) -> None:
+    f = tmp_path / "corpus.txt"
+    if content is not None:
+        f.write_bytes(content)
+    with pytest.raises((FileNotFoundError, ValueError), match=match) as info:
+        TextFiles(path=str(f)).load()
+    assert str(f) in str(info.value)
+
+
+def test_seq_len_longer_than_split_is_a_clear_error(small_text: Path) -> None:
+    dm = CharDataModule(TextFiles(path=str(small_text)), batch_size=64, seq_len=512)
+    with pytest.raises(ValueError, match=r"data.seq_len=512 is too long for the train split"):
+        dm.setup("fit")
+    dm = CharDataModule(TextFiles(path=str(small_text)), mode="window", seq_len=10**6)
+    with pytest.raises(ValueError, match="longer than the train split"):
+        dm.setup("fit")
+
+
+def test_unknown_validation_chars_map_or_error(tmp_path: Path) -> None:
+    (tmp_path / "tr.txt").write_text("abcabcabc" * 20)
+    (tmp_path / "va.txt").write_text("abcxyzabc" * 20)
+    corpus = TextFiles(train_path=str(tmp_path / "tr.txt"), val_path=str(tmp_path / "va.txt"))
+    dm = CharDataModule(corpus, batch_size=2, seq_len=8, unknown_chars="map")
+    dm.setup("fit")
+    assert dm.vocab.unk and (dm.ids["val"] == dm.vocab.unk_index).sum() == 60
+    dm = CharDataModule(corpus, batch_size=2, seq_len=8, unknown_chars="error")
+    with pytest.raises(ValueError, match=r"the val text has 3 character\(s\).*'x', 'y', 'z'"):
+        dm.setup("fit")
+
+
+def test_datamodule_stream_loader_is_ordered(small_text: Path) -> None:
+    dm = CharDataModule(TextFiles(path=str(small_text)), batch_size=4, seq_len=16)
+    dm.setup("fit")
+    batches = list(dm.train_dataloader())
+    x0, y0 = batches[0]
+    x1, _ = batches[1]
+    assert x0.shape == (4, 16)
+    assert torch.equal(x1[:, 0], y0[:, -1])  # window 2 continues each stream
+    assert dm.model_kwargs()["carry_hidden"] is True
+
+
+def test_render_play_markdown() -> None:
+    md = ("# Play\n\n## ACT I\n\n_Enter ROMEO and\nJULIET_\n\n**ROMEO**  \nBut soft!  \n"
+          "What light?\n\n**JULIET**  \nAy me.\n")
+    assert render_play(md) == "ROMEO:\nBut soft!\nWhat light?\n\nJULIET:\nAy me.\n"
+
+
+def test_embedded_plays_corpus_is_real_and_cached(tmp_path: Path) -> None:
+    splits = IambicPlays(str(tmp_path), val_fraction=0.1).load()
+    total = len(splits["train"]) + len(splits["val"])
+    assert total > 4_000_000 and "ROMEO:\n" in splits["train"] + splits["val"]
+    assert (tmp_path / IambicPlays.CACHE_NAME).stat().st_size >= total
+
+
+class _Server:
+    """A local HTTP server for the download path (no internet in tests)."""
+
+    def __init__(self, root: Path) -> None:
+        handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(  # noqa: E731
+            *a, directory=str(root), **k)
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> _Server:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_tinyshakespeare_download_checks_sha_and_caches(tmp_path: Path) -> None:
+    served = tmp_path / "www"
+    served.mkdir()
+    body = ("First Citizen:\nBefore we proceed any further, hear me speak.\n" * 50).encode()
+    (served / "input.txt").write_bytes(body)
+    sha = hashlib.sha256(body).hexdigest()
+    cache = tmp_path / "cache"
+    with _Server(served) as server:
+        bad = TinyShakespeare(None, str(cache), url=f"{server.url}/input.txt", sha256="0" * 64)
+        with pytest.raises(ValueError, match="sha256"):
+            bad.load()
+        assert not any(cache.iterdir())  # nothing half-written is left
+        good = TinyShakespeare(None, str(cache), url=f"{server.url}/input.txt", sha256=sha)
+        splits = good.load()
+    assert splits["train"] + splits["val"] == body.decode()
+    # server gone: the cached copy is used
+    again = TinyShakespeare(str(tmp_path / "nowhere"), str(cache), url="http://127.0.0.1:9/x",
+                            sha256=sha)
+    assert again.locate() == cache / "tinyshakespeare.txt"
+
+
+def test_tinyshakespeare_prefers_data_dir(tmp_path: Path) -> None:
+    (tmp_path / "tinyshakespeare.txt").write_text("x" * 100)
+    ts = TinyShakespeare(str(tmp_path), str(tmp_path / "cache"), url="http://127.0.0.1:9/none")
+    assert ts.locate() == tmp_path / "tinyshakespeare.txt"
+
+
+def test_tinyshakespeare_unreachable_is_a_clear_error(tmp_path: Path) -> None:
+    ts = TinyShakespeare(str(tmp_path), str(tmp_path / "cache"), url="http://127.0.0.1:9/none")
+    with pytest.raises(RuntimeError, match="HW2_DATA_DIR"):
+        ts.load()

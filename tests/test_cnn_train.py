@@ -1,0 +1,125 @@
+"""`python train.py task=cnn` end to end on a few tiny photos: metrics, checkpoint, and every
+TensorBoard summary of the report read back from the event files; then test-only from it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from hw2.train import run
+
+CLASSES = ["bread", "egg", "soup"]
+LAYERS = ("conv1", "conv2", "conv3", "fc")
+
+
+def make_photos(root: Path) -> Path:
+    """3 classes x (6 train, 2 test) coloured 40x36 JPEGs, one greyscale."""
+    for c, name in enumerate(CLASSES):
+        for split, n in (("train", 6), ("test", 2)):
+            for i in range(n):
+                path = root / split / name / f"{i}.jpg"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                mode, colour = ("L", 90) if (c, i) == (0, 0) else ("RGB", (80 * c, 60 + 20 * i, 40))
+                Image.new(mode, (40, 36), colour).save(path)
+    return root
+
+
+def read_tags(run_dir: Path) -> dict[str, set[str]]:
+    tags: dict[str, set[str]] = {"scalars": set(), "histograms": set(), "images": set()}
+    files = sorted((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert files, f"no event file under {run_dir}"
+    for f in files:
+        acc = EventAccumulator(str(f), size_guidance={k: 0 for k in
+                                                      ("scalars", "histograms", "images")})
+        acc.Reload()
+        for kind in tags:
+            tags[kind] |= set(acc.Tags()[kind])
+    return tags
+
+
+COMMON = ["task=cnn", "data.image_size=32", "data.num_workers=0", "data.batch_size=4",
+          "trainer.accelerator=cpu", "trainer.max_epochs=2", "trainer.log_every_n_steps=1",
+          "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
+          "trainer.num_sanity_val_steps=0", "trainer.enable_model_summary=false"]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_cnn_trains_logs_report_figures_and_tests_from_checkpoint(
+        tmp_path: Path, compose_cfg: Callable) -> None:
+    data = make_photos(tmp_path / "photos")
+    cfg = compose_cfg([*COMMON, f"data.root={data}", "model.l2=1e-3"])
+    assert cfg.callbacks.model_checkpoint.monitor == "val/acc"
+    metrics = run(cfg)
+    for key in ("train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc"):
+        assert key in metrics, key
+    assert 0 <= metrics["test/acc"] <= 1
+
+    run_dir = Path(cfg.paths.output_dir)
+    tags = read_tags(run_dir)
+    for key in ("train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc",
+                "train/l2_penalty"):
+        assert key in tags["scalars"], key
+    assert {f"test_per_class/{c}" for c in CLASSES} <= tags["scalars"]
+    assert {f"params/{layer}/{p}" for layer in LAYERS for p in ("weight", "bias")} \
+        <= tags["histograms"]
+    assert {"test/misclassified", "test/confusion_matrix", "test/per_class_accuracy",
+            "feature_maps/input/0", "feature_maps/conv1/0", "feature_maps/conv2/0",
+            "feature_maps/conv3/0", "feature_maps/conv1/1"} <= tags["images"]
+
+    # per-epoch curves: one point per epoch, so runs with/without L2 overlay
+    acc = EventAccumulator(str(sorted((run_dir / "tensorboard").glob("events.*"))[0]),
+                           size_guidance={"scalars": 0})
+    acc.Reload()
+    assert len(acc.Scalars("train/loss")) == 2 and len(acc.Scalars("val/acc")) == 2
+
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file()
+    test_only = compose_cfg([*COMMON, f"data.root={data}", "train=false", f"ckpt_path={ckpt}"],
+                            output_dir=tmp_path / "test_only")
+    again = run(test_only)
+    assert "test/acc" in again and "train/loss" not in again
+    assert "test/confusion_matrix" in read_tags(tmp_path / "test_only")["images"]
+
+
+@pytest.mark.parametrize("model", ["food_cnn", "food_cnn_bn", "resnet18"])
+def test_model_configs_build_from_data_kwargs(compose_cfg: Callable, model: str) -> None:
+    from hydra.utils import instantiate
+
+    from hw2.callbacks.image_figures import default_layers
+
+    cfg = compose_cfg(["task=cnn", f"model={model}"])
+    assert cfg.model.optimizer.weight_decay == 0 and cfg.model.l2 == 0
+    net = instantiate(cfg.model, num_classes=11, class_names=[str(i) for i in range(11)],
+                      image_size=64, _convert_="all")
+    out = net(torch.zeros(2, 3, 64, 64))
+    assert out.shape == (2, 11)
+    layers = default_layers(net.net)
+    assert layers[:1] == ["conv1"] and (model != "resnet18" or "layer4" in layers)
+
+
+def test_data_configs_and_experiment(compose_cfg: Callable, monkeypatch) -> None:
+    monkeypatch.setenv("HW2_DATA_DIR", "/somewhere/data")
+    for name, root, layout in (("food10_small", "/somewhere/data/food10_small", "folders"),
+                               ("food11", "/somewhere/data/food11", "food11"),
+                               ("food101", "/somewhere/data", "food101")):
+        cfg = compose_cfg(["task=cnn", f"data={name}"])
+        assert (cfg.data.root, cfg.data.layout, cfg.data.download) == (root, layout, False)
+    cfg = compose_cfg(["experiment=cnn_l2"])
+    assert cfg.task_name == "cnn" and cfg.model.l2 > 0
+    assert cfg.callbacks.model_checkpoint.mode == "max"
+
+
+def test_food101_is_never_downloaded_unless_asked(tmp_path: Path) -> None:
+    from hw2.data.image_data import ImageDataModule
+    from hw2.data.image_folders import LayoutError
+
+    dm = ImageDataModule(str(tmp_path), layout="food101", num_workers=0)
+    dm.prepare_data()  # download: false -> nothing fetched
+    with pytest.raises(LayoutError, match=r"Food-101 not found .*data.download=true"):
+        dm.setup("fit")
+    assert not any(tmp_path.iterdir())

@@ -1,0 +1,92 @@
+"""Every config option composes, and its `_target_`s point at real classes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra.utils import get_class, get_method
+from omegaconf import DictConfig, OmegaConf
+
+from tests.conftest import CONF, ROOT, compose_train
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def targets(node: object) -> list[str]:
+    """All `_target_` values in a config tree."""
+    found = []
+    if isinstance(node, DictConfig):
+        for key in node:
+            if key == "_target_":
+                found.append(node[key])
+            else:
+                found += targets(node._get_node(key))
+    elif OmegaConf.is_list(node):
+        for item in node:
+            found += targets(item)
+    return found
+
+
+GROUP_OPTIONS = [(g, o) for g in ("task", "data", "model", "trainer", "logger", "callbacks",
+                                  "debug", "experiment") for o in options(g)]
+
+
+@pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in
+                                                                   GROUP_OPTIONS])
+def test_every_option_composes(group: str, option: str, tmp_path: Path) -> None:
+    overrides = [f"{group}={option}", f"paths.root_dir={tmp_path}"]
+    if group in ("data", "model") and (option.startswith("food") or option in (
+            "image_folder", "resnet18")):
+        overrides.insert(0, "task=cnn")
+    cfg = compose_train(overrides, tmp_path)
+    assert cfg.trainer._target_ == "pytorch_lightning.Trainer"
+    assert "_target_" in cfg.data and "_target_" in cfg.model
+    for target in targets(cfg):
+        try:
+            get_class(target)
+        except (ImportError, ValueError):
+            get_method(target)  # functions such as warmup_cosine
+
+
+def test_default_is_charlm_on_embedded_plays(tmp_path: Path) -> None:
+    cfg = compose_train([], tmp_path)
+    assert cfg.task_name == "charlm"
+    assert cfg.data.corpus._target_.endswith("IambicPlays")
+    assert cfg.model.cell == "lstm" and cfg.trainer.precision == "bf16-mixed"
+    assert cfg.callbacks.model_checkpoint.monitor == "val/bpc"
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_cell_override_reaches_the_network(cell: str, tmp_path: Path, small_text: Path) -> None:
+    from hydra.utils import instantiate
+
+    cfg = compose_train([f"model.cell={cell}", "data=text_file",
+                         f"data.corpus.path={small_text}", "model.hidden_size=8",
+                         "data.batch_size=2", "data.seq_len=8"], tmp_path)
+    dm = instantiate(cfg.data)
+    dm.setup("fit")
+    model = instantiate(cfg.model, **dm.model_kwargs(), _convert_="all")
+    assert model.net.rnn.mode == {"rnn": "RNN_TANH", "lstm": "LSTM", "gru": "GRU"}[cell]
+
+
+def test_help_lists_groups() -> None:
+    out = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    for group in ("task:", "data:", "model:", "trainer:", "logger:", "experiment:", "debug:"):
+        assert group in out.stdout, group
+
+
+def test_bad_cell_name_is_a_short_error(tmp_path: Path, small_text: Path) -> None:
+    out = subprocess.run([sys.executable, "train.py", "model.cell=transformer",
+                          f"paths.root_dir={tmp_path}", "data=text_file",
+                          f"data.corpus.path={small_text}", "data.batch_size=2"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "model.cell='transformer' is not a cell; choose one of ['gru', 'lstm', 'rnn']" in (
+        out.stderr + out.stdout)
