@@ -44,12 +44,19 @@ def probe_chars_per_sec(cell: str, batch: int, seq_len: int) -> float:
     return 20 * batch * seq_len / (time.perf_counter() - t)
 
 
+def best_by(curve: list[tuple[float, float]], wall: float, minutes: float) -> str:
+    """Best val BPC seen within `minutes` of the start ('-' if the run was shorter)."""
+    seen = [v for t, v in curve if t <= minutes * 60 + 5]
+    return f"{min(seen):.3f}" if seen and wall >= minutes * 60 - 30 else "-"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cells", default="lstm,gru,rnn")
     ap.add_argument("--minutes", type=float, default=30.0)
     ap.add_argument("--val-every", type=int, default=100, help="steps between validations")
-    ap.add_argument("--data-dir", default=os.environ.get("HW2_DATA_DIR", str(ROOT.parent / "shared" / "data")))
+    ap.add_argument("--data-dir", default=os.environ.get("HW2_DATA_DIR",
+                                                        str(ROOT.parent / "shared" / "data")))
     ap.add_argument("--out", default=None, help="run directories (default: a temp dir)")
     args = ap.parse_args()
     if not (Path(args.data_dir) / "tinyshakespeare.txt").is_file():
@@ -89,11 +96,8 @@ def main() -> None:
         params = sum(p.numel() for p in __import__("hw2.generate", fromlist=["x"])
                      .load_charlm(out / "checkpoints" / "last.ckpt").parameters())
 
-        def at(minutes: float) -> str:
-            seen = [v for t, v in curve if t <= minutes * 60 + 5]
-            return f"{min(seen):.3f}" if seen and wall >= minutes * 60 - 30 else "-"
-
-        rows.append((cell, params, step * batch * seq_len / wall, at(2), at(10), at(30),
+        rows.append((cell, params, step * batch * seq_len / wall, *(best_by(curve, wall, m)
+                                                                    for m in (2, 10, 30)),
                      metrics.get("test/bpc", math.nan), wall))
         print("   minute  val_bpc")
         for t, v in curve:

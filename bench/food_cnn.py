@@ -5,6 +5,7 @@ Measures, in one run and with the project's own datamodule and model:
   2. one training step (forward, backward, Adam) on a fixed real batch, side by side:
      fp32 NCHW vs channels_last + bf16 autocast (what `trainer.precision=bf16-mixed` and
      `model.channels_last=true` give): images/s and their ratio;
+  2b. training steps through the loader for num_workers 0, 1, 2 (`--workers-sweep`);
   3. `--epochs` of training (channels_last + bf16, through the loader): per epoch train loss and
      accuracy, test accuracy, and end-to-end images/s, to compare with 1. and 2.
 
@@ -55,7 +56,7 @@ def train_step(model: ImageClassifier, opt: torch.optim.Optimizer, x: torch.Tens
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    return float(loss), logits.detach()
+    return float(loss.detach()), logits.detach()
 
 
 def loader_alone(dm: ImageDataModule, max_batches: int | None) -> float:
@@ -93,6 +94,33 @@ def step_throughput(dm: ImageDataModule, args: argparse.Namespace) -> dict[str, 
               f"(batch {len(x)}, {args.steps} steps)", flush=True)
     ratio = rates["channels_last+bf16"] / rates["fp32 NCHW"]
     print(f"channels_last+bf16 / fp32 NCHW: {ratio:.2f}x", flush=True)
+    return rates
+
+
+def workers_sweep(dm: ImageDataModule, args: argparse.Namespace) -> dict[int, float]:
+    """Training steps through the loader for each num_workers: on 2 cores the decoding
+    processes compete with the model's threads, so the best setting is measured, not assumed."""
+    rates: dict[int, float] = {}
+    torch.manual_seed(0)
+    model, opt = make_model(len(dm.class_names), args.image_size, True, args.lr, args.l2)
+    model.train()
+    for workers in args.workers_sweep:
+        loader = ImageDataModule(str(dm.root), layout="folders", image_size=args.image_size,
+                                 resize=args.resize, batch_size=args.batch_size,
+                                 num_workers=workers)
+        loader.splits, loader.datasets = dm.splits, dm.datasets  # same files, no re-scan
+        n, start = 0, None
+        for i, (x, y) in enumerate(loader.train_dataloader()):
+            train_step(model, opt, x, y, bf16=True)
+            if i == 0:
+                start = time.perf_counter()  # after worker start-up and one warm step
+            else:
+                n += len(y)
+            if i >= args.sweep_batches:
+                break
+        rates[workers] = n / (time.perf_counter() - start) if n and start else float("nan")
+        print(f"train with loading, num_workers={workers}: {rates[workers]:7.1f} images/s",
+              flush=True)
     return rates
 
 
@@ -143,11 +171,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resize", type=int, default=None, help="resize the shorter side first")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--num-workers", type=int, default=2)
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--steps", type=int, default=6, help="timed steps per throughput variant")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before those")
     p.add_argument("--max-batches", type=int, default=None,
                    help="cap batches per pass (quick check)")
+    p.add_argument("--workers-sweep", type=lambda v: [int(w) for w in v.split(",") if w],
+                   default=[0, 1, 2], help="num_workers values to compare, e.g. 0,1,2 ('' off)")
+    p.add_argument("--sweep-batches", type=int, default=6, help="timed batches per value")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--l2", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=1234)
@@ -170,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
 
     load_rate = loader_alone(dm, args.max_batches)
     rates = step_throughput(dm, args)
+    sweep = workers_sweep(dm, args)
     epoch_rate = train(dm, args)
     step_rate = rates["channels_last+bf16"]
     verdict = "not the bottleneck" if load_rate > 2 * step_rate else "a possible bottleneck"
@@ -177,6 +209,10 @@ def main(argv: list[str] | None = None) -> int:
           f"(channels_last+bf16) -> the loader is {verdict}; training with loading "
           f"{epoch_rate:.1f} images/s; channels_last+bf16 is "
           f"{step_rate / rates['fp32 NCHW']:.2f}x fp32 NCHW", flush=True)
+    if sweep:
+        best = max(sweep, key=lambda w: sweep[w])
+        print(f"fastest num_workers here: {best} ({sweep[best]:.1f} images/s; "
+              f"data.num_workers={best})", flush=True)
     return 0
 
 

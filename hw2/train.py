@@ -10,8 +10,9 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from hw2.gpu_slots import claim_gpu
 from hw2.runtime import tune_malloc
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,20 @@ def scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
-    """Train and/or test as the config says; returns the final metrics."""
+    """Train and/or test as the config says; returns the final metrics.
+
+    With `spread_gpus=true` (launcher=local_gpus) the job first locks a free GPU of this
+    machine and trains on it alone."""
+    if cfg.get("spread_gpus") and torch.cuda.is_available():
+        with claim_gpu(Path(cfg.paths.log_dir) / ".gpu_locks", torch.cuda.device_count()) as gpu:
+            with open_dict(cfg):
+                cfg.trainer.devices = [gpu]
+            log.info("sweep job on GPU %d", gpu)
+            return _run(cfg)
+    return _run(cfg)
+
+
+def _run(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("tune_malloc"):
         tune_malloc()
     if cfg.get("seed") is not None:
@@ -101,7 +115,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         metrics.update(scalars(trainer.callback_metrics))
     if cfg.get("test"):
         if cfg.get("train"):
-            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+            cb = trainer.checkpoint_callback
+            best = cb.best_model_path if cb is not None else ""
             test_ckpt = best or None
             if not best:
                 log.warning("no best checkpoint (no checkpoint callback): testing current weights")

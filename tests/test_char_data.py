@@ -63,7 +63,8 @@ def test_text_file_split_and_separate_files(tmp_path: Path) -> None:
     assert len(splits["train"]) == 90 and splits["val"] == ("abcdefghij" * 10)[90:]
     (tmp_path / "tr.txt").write_text("train text")
     (tmp_path / "va.txt").write_text("valid text")
-    splits = TextFiles(train_path=str(tmp_path / "tr.txt"), val_path=str(tmp_path / "va.txt")).load()
+    corpus = TextFiles(train_path=str(tmp_path / "tr.txt"), val_path=str(tmp_path / "va.txt"))
+    splits = corpus.load()
     assert splits == {"train": "train text", "val": "valid text"}
 
 

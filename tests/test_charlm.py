@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytorch_lightning as pl
 import pytest
+import pytorch_lightning as pl
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader

@@ -26,14 +26,14 @@ def targets(node: object) -> list[str]:
                 found.append(node[key])
             else:
                 found += targets(node._get_node(key))
-    elif OmegaConf.is_list(node):
+    elif OmegaConf.is_list(node) and not node._is_none():
         for item in node:
             found += targets(item)
     return found
 
 
 GROUP_OPTIONS = [(g, o) for g in ("task", "data", "model", "trainer", "logger", "callbacks",
-                                  "debug", "experiment") for o in options(g)]
+                                  "debug", "experiment", "launcher") for o in options(g)]
 
 
 @pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in

@@ -17,7 +17,8 @@ class TextSample(pl.Callback):
         writer = tensorboard(trainer)
         if writer is None or trainer.sanity_checking or not trainer.is_global_zero:
             return
-        prime = "".join(c for c in self.prime if c in pl_module.vocab.index) or pl_module.vocab.chars[0]
+        vocab = pl_module.vocab
+        prime = "".join(c for c in self.prime if c in vocab.index) or vocab.chars[0]
         text = pl_module.sample(prime, self.length, self.temperature,
                                 generator=torch.Generator().manual_seed(self.seed))
         # TensorBoard renders text as Markdown: keep line breaks

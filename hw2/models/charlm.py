@@ -117,7 +117,8 @@ class CharLM(TaskModule):
     def on_test_epoch_start(self) -> None:
         self._reset("test")
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+                      ) -> torch.Tensor:
         nll = self._step(batch, "train")
         self.log("train/loss", nll, prog_bar=False)
         self.log("train/bpc", nll / LN2, prog_bar=True)
