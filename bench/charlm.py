@@ -63,10 +63,12 @@ def main() -> None:
         print(f"skip: {args.data_dir}/tinyshakespeare.txt not found (set HW2_DATA_DIR)")
         return
 
+    import torch
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    from hw2.config import compose_config
+    from hw2.generate import load_charlm
     from hw2.train import run
-    from tests.conftest import compose_train
 
     out_root = Path(args.out or tempfile.mkdtemp(prefix="bench_charlm_"))
     batch, seq_len = 64, 128
@@ -75,7 +77,7 @@ def main() -> None:
         cps = probe_chars_per_sec(cell, batch, seq_len)
         steps = int(args.minutes * 60 * cps / (batch * seq_len) * 0.85)  # minus val/overhead
         out = out_root / cell
-        cfg = compose_train([
+        cfg = compose_config([
             "data=tinyshakespeare", f"paths.data_dir={args.data_dir}", f"model.cell={cell}",
             f"paths.root_dir={out_root}", f"data.batch_size={batch}", f"data.seq_len={seq_len}",
             "trainer.max_epochs=-1", f"+trainer.max_steps={steps}",
@@ -92,9 +94,9 @@ def main() -> None:
         ev = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0})
         ev.Reload()
         curve = [(e.wall_time - t0, e.value) for e in ev.Scalars("val/bpc")]
-        step = ev.Scalars("train/loss")[-1].step if ev.Scalars("train/loss") else 0
-        params = sum(p.numel() for p in __import__("hw2.generate", fromlist=["x"])
-                     .load_charlm(out / "checkpoints" / "last.ckpt").parameters())
+        last = out / "checkpoints" / "last.ckpt"
+        step = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+        params = sum(p.numel() for p in load_charlm(last).parameters())
 
         rows.append((cell, params, step * batch * seq_len / wall, *(best_by(curve, wall, m)
                                                                     for m in (2, 10, 30)),

@@ -6,26 +6,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
+
+from hw2.config import CONF_DIR, compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
+CONF = CONF_DIR
 
 
-def compose_train(overrides: Sequence[str], output_dir: Path, config_name: str = "train"
-                  ) -> DictConfig:
-    """The composed config with `hydra.runtime.output_dir` set, as inside a Hydra job."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(output_dir)
-        cfg.hydra.job.num = 0
-    HydraConfig().set_config(cfg)
-    return cfg
+def compose_train(overrides: Sequence[str], output_dir: Path) -> DictConfig:
+    return compose_config(overrides, output_dir)
 
 
 @pytest.fixture

@@ -176,3 +176,19 @@ def test_tinyshakespeare_unreachable_is_a_clear_error(tmp_path: Path) -> None:
     ts = TinyShakespeare(str(tmp_path), str(tmp_path / "cache"), url="http://127.0.0.1:9/none")
     with pytest.raises(RuntimeError, match="HW2_DATA_DIR"):
         ts.load()
+
+
+def test_window_mode_shuffles_training_only(small_text: Path) -> None:
+    dm = CharDataModule(TextFiles(path=str(small_text)), mode="window", batch_size=8,
+                        seq_len=16, stride=4)
+    dm.setup("fit")
+    assert dm.model_kwargs()["carry_hidden"] is False
+    train, val = dm.train_dataloader(), dm.val_dataloader()
+    assert len(train.dataset) == (dm.ids["train"].numel() - 17) // 4 + 1
+    assert val.dataset.stride == 16  # each validation character is scored once
+    torch.manual_seed(0)
+    first = next(iter(train))[0]
+    torch.manual_seed(1)
+    assert not torch.equal(first, next(iter(train))[0])
+    v1, v2 = next(iter(val))[0], next(iter(val))[0]
+    assert torch.equal(v1, v2) and torch.equal(v1[0], dm.ids["val"][:16])

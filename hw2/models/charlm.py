@@ -120,7 +120,7 @@ class CharLM(TaskModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
                       ) -> torch.Tensor:
         nll = self._step(batch, "train")
-        self.log("train/loss", nll, prog_bar=False)
+        self.log("train/loss", nll, prog_bar=True)
         self.log("train/bpc", nll / LN2, prog_bar=True)
         return nll + self.l2_penalty()
 
@@ -136,8 +136,9 @@ class CharLM(TaskModule):
             return
         nats = metric.compute()
         metric.reset()
-        self.log(f"{stage}/loss", nats, sync_dist=False)
-        self.log(f"{stage}/bpc", nats / LN2, prog_bar=True, sync_dist=False)
+        suffix = "_epoch" if stage == "train" else ""  # train/bpc itself is per step
+        self.log(f"{stage}/loss{suffix}", nats)
+        self.log(f"{stage}/bpc{suffix}", nats / LN2, prog_bar=stage != "train")
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")
