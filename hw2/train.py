@@ -11,6 +11,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.loggers import TensorBoardLogger
 
 from hw2.gpu_slots import claim_gpu
 from hw2.runtime import tune_malloc
@@ -127,9 +128,15 @@ def _run(cfg: DictConfig) -> dict[str, float]:
         trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt)
         metrics.update(scalars(trainer.callback_metrics))
 
-    final = {k: v for k, v in metrics.items() if k.startswith(("val/", "test/"))}
+    cb = trainer.checkpoint_callback
+    if cb is not None and getattr(cb, "best_model_score", None) is not None:
+        metrics[f"best/{cb.monitor}"] = float(cb.best_model_score)
+    final = {f"hp/{k}": v for k, v in metrics.items() if k.startswith(("val/", "test/", "best/"))}
     for logger in trainer.loggers:
-        logger.log_hyperparams(flat_hparams(cfg), metrics={f"hp/{k}": v for k, v in final.items()})
+        if isinstance(logger, TensorBoardLogger):  # HParams tab: config beside final metrics
+            logger.log_hyperparams(flat_hparams(cfg), metrics=final)
+        else:
+            logger.log_hyperparams(flat_hparams(cfg))
         logger.save()
     report(cfg, trainer, metrics)
     return metrics
@@ -140,8 +147,8 @@ def report(cfg: DictConfig, trainer: pl.Trainer, metrics: Mapping[str, float]) -
     if not trainer.is_global_zero:
         return
     lines = ["", "final metrics:"]
-    lines += [f"  {k:<16} {v:.4f}" for k, v in sorted(metrics.items())
-              if k.startswith(("train/", "val/", "test/"))]
+    lines += [f"  {k:<20} {v:.4f}" for k, v in sorted(metrics.items())
+              if k.startswith(("train/", "val/", "test/", "best/"))]
     out = Path(cfg.paths.output_dir)
     lines.append(f"run directory: {out}")
     cb = trainer.checkpoint_callback
@@ -149,6 +156,6 @@ def report(cfg: DictConfig, trainer: pl.Trainer, metrics: Mapping[str, float]) -
         lines.append(f"best checkpoint: {cb.best_model_path}")
     if cb is not None and getattr(cb, "last_model_path", ""):
         lines.append(f"last checkpoint: {cb.last_model_path} (resume: ckpt_path=<it>)")
-    if any(type(lg).__name__ == "TensorBoardLogger" for lg in trainer.loggers):
+    if any(isinstance(lg, TensorBoardLogger) for lg in trainer.loggers):
         lines.append(f"inspect: tensorboard --logdir {out.parent}")
     print("\n".join(lines), flush=True)

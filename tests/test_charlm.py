@@ -105,7 +105,8 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     cfg = compose_train(
         [*TINY, "data=text_file", f"data.corpus.path={text}", f"paths.root_dir={tmp}",
          "trainer.max_epochs=2", "trainer.val_check_interval=1.0", "trainer.precision=32",
-         "callbacks.progress_bar.refresh_rate=0", "callbacks.text_sample.length=40"],
+         "callbacks.progress_bar.refresh_rate=0", "callbacks.text_sample.length=40",
+         "logger=many"],
         tmp / "run",
     )
     metrics = run(cfg)
@@ -132,7 +133,10 @@ def test_training_run_logs_and_checkpoints(trained_run: tuple[Path, dict]) -> No
     assert "samples/generated/text_summary" in tags["tensors"]
     sample = events.Tensors("samples/generated/text_summary")[-1].tensor_proto.string_val[0]
     assert sample.decode().strip().startswith("ROMEO:")
-    assert (out / ".hydra" / "config.yaml").is_file() or True  # written by Hydra's CLI only
+    assert metrics["best/val/bpc"] == pytest.approx(min(e.value for e in
+                                                        events.Scalars("val/bpc")), rel=1e-5)
+    assert "hp/test/bpc" in tags["scalars"]  # HParams view: final metrics beside the config
+    assert "val/bpc" in (out / "csv" / "metrics.csv").read_text().splitlines()[0]
 
 
 def test_resume_from_last_checkpoint_continues(trained_run: tuple[Path, dict], tmp_path: Path

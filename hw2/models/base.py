@@ -69,9 +69,13 @@ class TaskModule(pl.LightningModule):
         optimizer = self.optimizer_factory(params=self.parameters())
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
-        scheduler = self.scheduler_factory(
-            optimizer, total_steps=self.trainer.estimated_stepping_batches
-        )
+        # the schedule spans the whole fit, unless the config fixes its length (time-bound runs)
+        fixed = getattr(self.scheduler_factory, "keywords", {}).get("total_steps")
+        total = fixed or self.trainer.estimated_stepping_batches
+        if total == float("inf"):
+            raise ValueError("the LR schedule needs a length: set trainer.max_epochs or "
+                             "trainer.max_steps, or model.scheduler.total_steps")
+        scheduler = self.scheduler_factory(optimizer, total_steps=int(total))
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
