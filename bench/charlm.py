@@ -28,7 +28,6 @@ def probe_chars_per_sec(cell: str, batch: int, seq_len: int) -> float:
     import torch.nn.functional as F
 
     from hw2.models.charlm import CharRNN
-
     from hw2.runtime import tune_malloc
 
     tune_malloc()  # as the trainer does

@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
@@ -124,6 +125,46 @@ def workers_sweep(dm: ImageDataModule, args: argparse.Namespace) -> dict[int, fl
     return rates
 
 
+class EpochTimer(pl.Callback):
+    """Training images/s of each epoch inside the Lightning loop (loading included)."""
+
+    def __init__(self) -> None:
+        self.rates: list[float] = []
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.start, self.n = time.perf_counter(), 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.n += len(batch[1])
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.rates.append(self.n / (time.perf_counter() - self.start))
+
+
+def framework(data: Path, args: argparse.Namespace) -> float:
+    """The same training through `python train.py task=cnn` (Hydra config, Lightning trainer,
+    default callbacks and TensorBoard logging): images/s of its last training epoch."""
+    from tempfile import mkdtemp
+
+    from hw2.config import compose_config
+    from hw2.train import run
+
+    out = Path(mkdtemp(prefix="bench_food_cnn_"))
+    timer = EpochTimer()
+    cfg = compose_config([
+        "task=cnn", f"data.root={data}", f"data.image_size={args.image_size}",
+        f"data.resize={args.resize or 'null'}", f"data.batch_size={args.batch_size}",
+        f"data.num_workers={args.num_workers}", f"trainer.max_epochs={args.framework_epochs}",
+        "test=false", "callbacks.progress_bar.refresh_rate=0", f"paths.root_dir={out}",
+        "trainer.enable_model_summary=false", f"seed={args.seed}",
+    ], out)
+    run(cfg, extra_callbacks=[timer])
+    rate = timer.rates[-1] if timer.rates else float("nan")
+    print(f"framework (train.py task=cnn, {args.framework_epochs} epochs): last epoch "
+          f"{rate:6.1f} images/s (with loading, validation excluded)", flush=True)
+    return rate
+
+
 @torch.no_grad()
 def evaluate(model: ImageClassifier, loader, max_batches: int | None) -> tuple[float, float]:
     model.eval()
@@ -179,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers-sweep", type=lambda v: [int(w) for w in v.split(",") if w],
                    default=[0, 1, 2], help="num_workers values to compare, e.g. 0,1,2 ('' off)")
     p.add_argument("--sweep-batches", type=int, default=6, help="timed batches per value")
+    p.add_argument("--framework-epochs", type=int, default=2,
+                   help="epochs through train.py's own path (0: skip)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--l2", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=1234)
@@ -203,12 +246,14 @@ def main(argv: list[str] | None = None) -> int:
     rates = step_throughput(dm, args)
     sweep = workers_sweep(dm, args)
     epoch_rate = train(dm, args)
+    fw_rate = framework(data, args) if args.framework_epochs else float("nan")
     step_rate = rates["channels_last+bf16"]
     verdict = "not the bottleneck" if load_rate > 2 * step_rate else "a possible bottleneck"
     print(f"\nsummary: loader {load_rate:.1f} images/s vs train step {step_rate:.1f} images/s "
           f"(channels_last+bf16) -> the loader is {verdict}; training with loading "
           f"{epoch_rate:.1f} images/s; channels_last+bf16 is "
-          f"{step_rate / rates['fp32 NCHW']:.2f}x fp32 NCHW", flush=True)
+          f"{step_rate / rates['fp32 NCHW']:.2f}x fp32 NCHW; through train.py (Lightning) "
+          f"{fw_rate:.1f} images/s vs this hand-written loop {epoch_rate:.1f}", flush=True)
     if sweep:
         best = max(sweep, key=lambda w: sweep[w])
         print(f"fastest num_workers here: {best} ({sweep[best]:.1f} images/s; "

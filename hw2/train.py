@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +71,9 @@ def scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
             if isinstance(v, (int, float)) or (torch.is_tensor(v) and v.numel() == 1)}
 
 
-def run(cfg: DictConfig) -> dict[str, float]:
-    """Train and/or test as the config says; returns the final metrics.
+def run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> dict[str, float]:
+    """Train and/or test as the config says; returns the final metrics. `extra_callbacks`
+    join the configured ones (benchmarks, notebooks).
 
     With `spread_gpus=true` (launcher=local_gpus) the job first locks a free GPU of this
     machine and trains on it alone."""
@@ -81,11 +82,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
             with open_dict(cfg):
                 cfg.trainer.devices = [gpu]
             log.info("sweep job on GPU %d", gpu)
-            return _run(cfg)
-    return _run(cfg)
+            return _run(cfg, extra_callbacks)
+    return _run(cfg, extra_callbacks)
 
 
-def _run(cfg: DictConfig) -> dict[str, float]:
+def _run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback]) -> dict[str, float]:
     if cfg.get("tune_malloc"):
         tune_malloc()
     if cfg.get("seed") is not None:
@@ -104,7 +105,7 @@ def _run(cfg: DictConfig) -> dict[str, float]:
     model: pl.LightningModule = instantiate(
         cfg.model, **datamodule.model_kwargs(), _convert_="all"
     )
-    callbacks = instantiate_group(cfg.get("callbacks"))
+    callbacks = instantiate_group(cfg.get("callbacks")) + list(extra_callbacks)
     loggers = instantiate_group(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, _convert_="all"
@@ -151,11 +152,11 @@ def report(cfg: DictConfig, trainer: pl.Trainer, metrics: Mapping[str, float]) -
               if k.startswith(("train/", "val/", "test/", "best/"))]
     out = Path(cfg.paths.output_dir)
     lines.append(f"run directory: {out}")
-    cb = trainer.checkpoint_callback
-    if cb is not None and getattr(cb, "best_model_path", ""):
-        lines.append(f"best checkpoint: {cb.best_model_path}")
-    if cb is not None and getattr(cb, "last_model_path", ""):
-        lines.append(f"last checkpoint: {cb.last_model_path} (resume: ckpt_path=<it>)")
+    for cb in trainer.checkpoint_callbacks:
+        if cb.best_model_path:
+            kind = f"best by {cb.monitor}" if cb.monitor else "last"
+            lines.append(f"{kind} checkpoint: {cb.best_model_path}"
+                         + ("" if cb.monitor else " (resume: ckpt_path=<it>)"))
     if any(isinstance(lg, TensorBoardLogger) for lg in trainer.loggers):
         lines.append(f"inspect: tensorboard --logdir {out.parent}")
     print("\n".join(lines), flush=True)

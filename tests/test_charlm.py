@@ -190,3 +190,23 @@ def test_generate_cli_and_its_errors(trained_run: tuple[Path, dict], tmp_path: P
     torch.save({"state_dict": {}, "hyper_parameters": {"num_classes": 11}}, other)
     with pytest.raises(ValueError, match="not a CharLM checkpoint"):
         load_charlm(other)
+
+
+def test_last_checkpoint_is_the_latest_state_even_without_improvement(
+        tmp_path: Path, small_text: Path) -> None:
+    """lr=0: val BPC never improves, so the best checkpoint stays at the first validation,
+    but last.ckpt must still hold the final step (Lightning 2.6's save_last alone does not)."""
+    from tests.conftest import compose_train
+
+    cfg = compose_train([*TINY, "data=text_file", f"data.corpus.path={small_text}",
+                         f"paths.root_dir={tmp_path}", "trainer.max_epochs=3",
+                         "trainer.val_check_interval=1.0", "model.optimizer.lr=0",
+                         "trainer.precision=32", "callbacks.progress_bar.refresh_rate=0",
+                         "test=false"], tmp_path / "run")
+    run(cfg)
+    ckpts = tmp_path / "run" / "checkpoints"
+    last = torch.load(ckpts / "last.ckpt", weights_only=False)
+    best = [p for p in ckpts.iterdir() if p.name != "last.ckpt"]
+    assert len(best) == 1 and best[0].name.startswith("epoch000-")
+    assert last["epoch"] == 2 and last["global_step"] == 3 * torch.load(
+        best[0], weights_only=False)["global_step"]

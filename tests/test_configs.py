@@ -90,3 +90,18 @@ def test_bad_cell_name_is_a_short_error(tmp_path: Path, small_text: Path) -> Non
     assert out.returncode != 0
     assert "model.cell='transformer' is not a cell; choose one of ['gru', 'lstm', 'rnn']" in (
         out.stderr + out.stdout)
+
+
+@pytest.mark.parametrize("preset", ["fdr", "default"])
+def test_debug_presets_run(preset: str, tmp_path: Path, small_text: Path) -> None:
+    from hw2.train import run
+
+    cfg = compose_train([f"debug={preset}", "data=text_file", f"data.corpus.path={small_text}",
+                         "model.hidden_size=16", "model.embedding_dim=8", "data.batch_size=2",
+                         "data.seq_len=16", f"paths.root_dir={tmp_path}",
+                         "callbacks.progress_bar.refresh_rate=0"], tmp_path / "run")
+    metrics = run(cfg)
+    assert metrics["train/bpc"] > 0
+    if preset == "default":  # a short real run: checkpoints and a test on the best one
+        assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+        assert "test/bpc" in metrics
