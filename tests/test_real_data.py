@@ -37,4 +37,4 @@ def test_food10_small_layout_and_batches() -> None:
     assert sizes["train"] + sizes["val"] == 400 and sizes["test"] == 100
     x, y = next(iter(dm.test_dataloader()))
     assert x.shape == (50, 3, 64, 64) and x.dtype == torch.float32
-    assert -1.0 <= x.min() and x.max() <= 1.0 and int(y.max()) < 10
+    assert x.min() >= -1.0 and x.max() <= 1.0 and int(y.max()) < 10
