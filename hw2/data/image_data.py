@@ -123,7 +123,7 @@ class ImageDataModule(pl.LightningDataModule):
         split_seed: int = 0,
         batch_size: int = 32,
         eval_batch_size: int | None = None,
-        num_workers: int = 2,
+        num_workers: int = 0,
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
         skip_bad_images: bool = False,
