@@ -192,3 +192,11 @@ def test_window_mode_shuffles_training_only(small_text: Path) -> None:
     assert not torch.equal(first, next(iter(train))[0])
     v1, v2 = next(iter(val))[0], next(iter(val))[0]
     assert torch.equal(v1, v2) and torch.equal(v1[0], dm.ids["val"][:16])
+
+
+def test_window_mode_never_drops_a_whole_small_split(tmp_path: Path) -> None:
+    f = tmp_path / "t.txt"
+    f.write_text("abcdefghij" * 30)  # 270 train chars -> 16 windows of 16, fewer than a batch
+    dm = CharDataModule(TextFiles(path=str(f)), mode="window", batch_size=64, seq_len=16)
+    dm.setup("fit")
+    assert len(list(dm.train_dataloader())) == 1

@@ -138,11 +138,12 @@ class CharDataModule(pl.LightningDataModule):
             mine = streams[rank * self.batch_size : (rank + 1) * self.batch_size]
             return DataLoader(StreamWindows(mine, self.seq_len), batch_size=None)
         stride = self.stride if train else self.seq_len  # evaluate each character once
+        windows = SlidingWindows(ids, self.seq_len, stride)
         return DataLoader(
-            SlidingWindows(ids, self.seq_len, stride),
+            windows,
             batch_size=self.batch_size,
             shuffle=train,
-            drop_last=train,
+            drop_last=train and len(windows) > self.batch_size,  # never an empty epoch
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
