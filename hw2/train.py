@@ -14,7 +14,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from hw2.gpu_slots import claim_gpu
-from hw2.runtime import tune_malloc
+from hw2.run_record import recorded_run
+from hw2.runtime import fast_precision, tune_malloc
 
 log = logging.getLogger(__name__)
 
@@ -77,18 +78,29 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> dict[st
 
     With `spread_gpus=true` (launcher=local_gpus) the job first locks a free GPU of this
     machine and trains on it alone."""
-    if cfg.get("spread_gpus") and torch.cuda.is_available():
-        with claim_gpu(Path(cfg.paths.log_dir) / ".gpu_locks", torch.cuda.device_count()) as gpu:
-            with open_dict(cfg):
-                cfg.trainer.devices = [gpu]
-            log.info("sweep job on GPU %d", gpu)
-            return _run(cfg, extra_callbacks)
-    return _run(cfg, extra_callbacks)
+    with recorded_run(cfg.paths.output_dir) as record:
+        if cfg.get("spread_gpus") and torch.cuda.is_available():
+            with claim_gpu(Path(cfg.paths.log_dir) / ".gpu_locks",
+                           torch.cuda.device_count()) as gpu:
+                with open_dict(cfg):
+                    cfg.trainer.devices = [gpu]
+                log.info("sweep job on GPU %d", gpu)
+                record.update(device=f"cuda:{gpu}")
+                metrics = _run(cfg, extra_callbacks)
+        else:
+            record.update(device=str(cfg.trainer.get("accelerator", "auto")))
+            metrics = _run(cfg, extra_callbacks)
+        record.update(metrics=metrics)
+        return metrics
 
 
 def _run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback]) -> dict[str, float]:
     if cfg.get("tune_malloc"):
         tune_malloc()
+    if cfg.trainer.get("precision") == "auto":
+        with open_dict(cfg):
+            cfg.trainer.precision = fast_precision(str(cfg.trainer.get("accelerator", "auto")))
+        log.info("trainer.precision=auto -> %s on this machine", cfg.trainer.precision)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     ckpt_path = cfg.get("ckpt_path")

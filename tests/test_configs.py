@@ -57,7 +57,7 @@ def test_default_is_charlm_on_embedded_plays(tmp_path: Path) -> None:
     cfg = compose_train([], tmp_path)
     assert cfg.task_name == "charlm"
     assert cfg.data.corpus._target_.endswith("IambicPlays")
-    assert cfg.model.cell == "lstm" and cfg.trainer.precision == "bf16-mixed"
+    assert cfg.model.cell == "lstm" and cfg.trainer.precision == "auto"
     assert cfg.callbacks.model_checkpoint.monitor == "val/bpc"
 
 

@@ -52,3 +52,14 @@ def test_atomic_checkpoint_keeps_the_old_file_when_a_save_fails(tmp_path: Path) 
 def test_tune_malloc_applies_on_glibc() -> None:
     assert tune_malloc() is True
     torch.ones(64, 1024, 1024).sum()  # big allocations still work
+
+
+def test_fast_precision_follows_the_cpu(monkeypatch) -> None:
+    import torch
+
+    from hw2.runtime import fast_precision
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert fast_precision("cpu") == "32-true"
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert fast_precision("cpu") == "bf16-mixed"

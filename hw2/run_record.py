@@ -1,0 +1,116 @@
+"""A run's own record, `<run dir>/run.json`: what ran, where, when, and how it ended.
+
+Sweeps, reports and tests read it rather than log text: a re-run skips finished jobs, the
+report lists failed and interrupted runs, the GPU-pool test checks which job held which device.
+A run killed outright (SIGKILL, power loss) stays `running` on disk; `status_of` tells it apart
+from a live one by its process id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import traceback
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from hw2.fileio import atomic_write_json
+
+RECORD_NAME = "run.json"
+STATUSES = ("running", "finished", "failed", "interrupted")
+
+
+def read_record(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The record of `run_dir`, or None when it has none (or it is unreadable)."""
+    path = Path(run_dir) / RECORD_NAME
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _rank() -> int:
+    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+        if os.environ.get(key, "0") != "0":
+            return int(os.environ[key])
+    return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def status_of(record: Mapping[str, Any] | None) -> str:
+    """finished / failed / interrupted / running; a `running` record whose process is gone
+    (on this host) counts as interrupted."""
+    if not record:
+        return "interrupted"
+    status = record.get("status", "interrupted")
+    if status == "running" and record.get("host") == socket.gethostname():
+        pid = record.get("pid")
+        if not isinstance(pid, int) or not _alive(pid):
+            return "interrupted"
+    return status
+
+
+class RunRecord:
+    """The record being written for the current process's run."""
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        self.path = Path(run_dir) / RECORD_NAME
+        old = read_record(run_dir) or {}
+        self.data: dict[str, Any] = {
+            "status": "running",
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.time(),
+            "ended": None,
+            "attempts": int(old.get("attempts", 0)) + 1,
+            "first_started": old.get("first_started", old.get("started", time.time())),
+        }
+        self.write()
+
+    def write(self) -> None:
+        if _rank() == 0:  # DDP ranks > 0 share the run directory: rank 0 speaks for the run
+            atomic_write_json(self.path, self.data)
+
+    def update(self, **fields: Any) -> None:
+        self.data.update(fields)
+        self.write()
+
+    def end(self, status: str, **fields: Any) -> None:
+        if status not in STATUSES:
+            raise ValueError(f"unknown run status {status!r}")
+        self.update(status=status, ended=time.time(), **fields)
+
+
+def last_error_line(exc: BaseException) -> str:
+    lines = traceback.format_exception_only(type(exc), exc)
+    return (lines[-1] if lines else repr(exc)).strip().splitlines()[-1]
+
+
+@contextmanager
+def recorded_run(run_dir: str | os.PathLike) -> Iterator[RunRecord]:
+    """Write `run.json` as `running` now and `finished`/`failed`/`interrupted` at the end."""
+    record = RunRecord(run_dir)
+    try:
+        yield record
+    except KeyboardInterrupt as e:
+        record.end("interrupted", error=last_error_line(e) or "KeyboardInterrupt")
+        raise
+    except BaseException as e:
+        record.end("failed", error=last_error_line(e))
+        raise
+    else:
+        if record.data["status"] == "running":
+            record.end("finished")
