@@ -2,15 +2,23 @@
 
 `python train.py --help` lists the config groups; `-m` sweeps (see README)."""
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from hw2.train import run  # after Hydra parsed the command line: --help stays fast
+    from hw2.checkpoints import CheckpointError  # after Hydra parsed the command line:
+    from hw2.fileio import UnwritablePathError  # --help stays fast
+    from hw2.train import run
 
-    metrics = run(cfg)
+    try:
+        metrics = run(cfg)
+    except (CheckpointError, UnwritablePathError) as e:  # the message says it all
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     metric = cfg.get("optimized_metric")
     return metrics.get(metric) if metric else None
 

@@ -68,8 +68,9 @@ def main() -> None:
     import torch
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    from hw2.checkpoints import load_module
     from hw2.config import compose_config
-    from hw2.generate import load_charlm
+    from hw2.models.charlm import CharLM
     from hw2.train import run
 
     out_root = Path(args.out or tempfile.mkdtemp(prefix="bench_charlm_"))
@@ -99,7 +100,7 @@ def main() -> None:
         curve = [(e.wall_time - t0, e.value) for e in ev.Scalars("val/bpc")]
         last = out / "checkpoints" / "last.ckpt"
         step = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
-        params = sum(p.numel() for p in load_charlm(last).parameters())
+        params = sum(p.numel() for p in load_module(last, CharLM).parameters())
 
         rows.append((cell, params, step * batch * seq_len / wall, *(best_by(curve, wall, m)
                                                                     for m in (2, 10, 30)),

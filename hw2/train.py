@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.loggers import TensorBoardLogger
 
+from hw2.checkpoints import load_for_data
 from hw2.gpu_slots import claim_gpu
 from hw2.run_record import recorded_run
 from hw2.runtime import fast_precision, tune_malloc
@@ -112,11 +113,16 @@ def _run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback]) -> dict[str, f
 
     log.info("config:\n%s", describe(cfg))
     datamodule: pl.LightningDataModule = instantiate(cfg.data)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    model: pl.LightningModule = instantiate(
-        cfg.model, **datamodule.model_kwargs(), _convert_="all"
-    )
+    if cfg.get("train"):
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        model: pl.LightningModule = instantiate(
+            cfg.model, **datamodule.model_kwargs(), _convert_="all"
+        )
+    elif ckpt_path is None:
+        raise ValueError("train=false needs ckpt_path=<checkpoint> to test")
+    else:  # test-only: the checkpoint's own network, checked against the data
+        model = load_for_data(ckpt_path, cfg.model._target_, datamodule)
     callbacks = instantiate_group(cfg.get("callbacks")) + list(extra_callbacks)
     loggers = instantiate_group(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(
@@ -135,9 +141,7 @@ def _run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback]) -> dict[str, f
             if not best:
                 log.warning("no best checkpoint (no checkpoint callback): testing current weights")
         else:
-            if ckpt_path is None:
-                raise ValueError("train=false needs ckpt_path=<checkpoint> to test")
-            test_ckpt = ckpt_path
+            test_ckpt = None  # load_for_data loaded the weights
         trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt)
         metrics.update(scalars(trainer.callback_metrics))
 

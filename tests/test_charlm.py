@@ -13,9 +13,10 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader
 
+from hw2.checkpoints import load_module
 from hw2.data.char_data import StreamWindows, make_streams
 from hw2.data.vocab import Vocab
-from hw2.generate import generate, load_charlm
+from hw2.generate import generate
 from hw2.models.charlm import CharLM, CharRNN
 from hw2.train import run
 
@@ -165,7 +166,7 @@ def test_generate_from_checkpoint(trained_run: tuple[Path, dict]) -> None:
     text = generate(ckpt, prime="ROMEO", length=60, temperature=0.8, seed=1)
     assert text.startswith("ROMEO") and len(text) == 65
     assert text == generate(ckpt, prime="ROMEO", length=60, temperature=0.8, seed=1)
-    model = load_charlm(ckpt)
+    model = load_module(ckpt, CharLM)
     assert model.vocab.chars == sorted(set(model.vocab.chars)) and "R" in model.vocab.index
 
 
@@ -181,15 +182,15 @@ def test_generate_cli_and_its_errors(trained_run: tuple[Path, dict], tmp_path: P
                           "length=5"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "not in the vocabulary" in bad.stderr and "'Z'" in bad.stderr
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
-        load_charlm(tmp_path / "missing.ckpt")
+        load_module(tmp_path / "missing.ckpt", CharLM)
     junk = tmp_path / "junk.ckpt"
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a readable checkpoint"):
-        load_charlm(junk)
+        load_module(junk, CharLM)
     other = tmp_path / "other.ckpt"
     torch.save({"state_dict": {}, "hyper_parameters": {"num_classes": 11}}, other)
-    with pytest.raises(ValueError, match="not a CharLM checkpoint"):
-        load_charlm(other)
+    with pytest.raises(ValueError, match=r"no hw2 model hyperparameters .* not a CharLM"):
+        load_module(other, CharLM)
 
 
 def test_last_checkpoint_is_the_latest_state_even_without_improvement(

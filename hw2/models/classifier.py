@@ -3,12 +3,15 @@ term), top-1 accuracy per epoch, per-class accuracy and a confusion matrix on th
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from hydra.utils import get_object
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics.classification import (
     MulticlassAccuracy,
@@ -20,18 +23,53 @@ from hw2.models.base import TaskModule
 log = logging.getLogger(__name__)
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+NetSpec = Mapping[str, Any] | Callable[..., nn.Module]
+# networks a checkpoint may name: rebuilding one calls its `_target_`, so never anything else
+NET_MODULES = ("hw2.models.",)
+# the report's Normalize(0.5, 0.5, 0.5)
+MEAN = STD = (0.5, 0.5, 0.5)
+
+
+def net_config(net: NetSpec) -> dict[str, Any]:
+    """`model.net` (a Hydra partial, or its config) as plain data with its `_target_`, for the
+    checkpoint's hyperparameters: `torch.load(weights_only=True)` reads it back."""
+    if isinstance(net, DictConfig):
+        net = OmegaConf.to_container(net, resolve=True)  # type: ignore[assignment]
+    if isinstance(net, Mapping):
+        spec = dict(net)
+    elif isinstance(net, functools.partial) and not net.args:
+        spec = {"_target_": f"{net.func.__module__}.{net.func.__qualname__}", **net.keywords}
+    else:
+        raise TypeError(f"model.net must be a `_target_` config or a Hydra partial, got {net!r}")
+    spec.pop("_partial_", None)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in spec.items()}
+
+
+def build_net(spec: Mapping[str, Any], **kwargs: Any) -> nn.Module:
+    """The network a `net_config` describes; only hw2's own networks may be named (a
+    checkpoint's `_target_` is data from a file, not a licence to call anything)."""
+    target = str(spec.get("_target_", ""))
+    if not target.startswith(NET_MODULES):
+        raise ValueError(f"model.net._target_={target!r} is not a network of "
+                         f"{', '.join(NET_MODULES)}*: refusing to build it")
+    return get_object(target)(**{k: v for k, v in spec.items() if k != "_target_"}, **kwargs)
 
 
 class ImageClassifier(TaskModule):
     """`net(num_classes=, image_size=)` trained with cross-entropy; the network is `self.net` so
-    its layers show in TensorBoard as `conv1/weight`, ..., `fc/bias`."""
+    its layers show in TensorBoard as `conv1/weight`, ..., `fc/bias`. The checkpoint keeps the
+    network's config, the class names and the evaluation preprocessing (`image_size`,
+    `resize`, `mean`, `std`), so `hw2.predict` needs nothing else."""
 
     def __init__(
         self,
-        net: Callable[..., nn.Module],
+        net: NetSpec,
         num_classes: int,
         class_names: Sequence[str] | None = None,
         image_size: int = 512,
+        resize: int | None = None,
+        mean: Sequence[float] = MEAN,
+        std: Sequence[float] = STD,
         channels_last: bool = True,
         label_smoothing: float = 0.0,
         l2: float = 0.0,
@@ -45,12 +83,14 @@ class ImageClassifier(TaskModule):
                                                                     range(num_classes)]
         if len(names) != num_classes:
             raise ValueError(f"{len(names)} class_names for num_classes={num_classes}")
-        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
+        net = net_config(net)  # plain data in the checkpoint (save_hyperparameters reads it)
+        class_names, mean, std = names, list(mean), list(std)
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
         self.class_names = names
         self.image_size = image_size
         self.channels_last = channels_last
         self.label_smoothing = label_smoothing
-        self.net = net(num_classes=num_classes, image_size=image_size)
+        self.net = build_net(net, num_classes=num_classes, image_size=image_size)
         if channels_last:
             # NHWC: oneDNN's fast convolution path on CPU (and tensor cores on GPU)
             self.net = self.net.to(memory_format=torch.channels_last)
