@@ -105,6 +105,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
                      "JULIET:\nO Romeo, Romeo, wherefore art thou Romeo?\n\n") * 120)
     cfg = compose_train(
         [*TINY, "data=text_file", f"data.corpus.path={text}", f"paths.root_dir={tmp}",
+         "data.corpus.test_fraction=0.1",
          "trainer.max_epochs=2", "trainer.val_check_interval=1.0", "trainer.precision=32",
          "callbacks.progress_bar.refresh_rate=0", "callbacks.text_sample.length=40",
          "logger=many"],
@@ -150,7 +151,8 @@ def test_resume_from_last_checkpoint_continues(trained_run: tuple[Path, dict], t
     steps_before = torch.load(last, weights_only=False)["global_step"]
     cfg = compose_train(
         [*TINY, "data=text_file", f"data.corpus.path={text}", f"paths.root_dir={tmp_path}",
-         "trainer.max_epochs=3", "trainer.precision=32", "callbacks.progress_bar.refresh_rate=0",
+         "data.corpus.test_fraction=0.1", "trainer.max_epochs=3", "trainer.precision=32",
+         "callbacks.progress_bar.refresh_rate=0",
          "trainer.val_check_interval=1.0",
          f"ckpt_path={last}", "test=false"],
         tmp_path / "resumed",
