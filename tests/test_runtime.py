@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import threading
 import time
 from pathlib import Path
@@ -14,7 +15,17 @@ from hw2.gpu_slots import claim_gpu
 from hw2.runtime import tune_malloc
 
 
-def test_gpu_slots_hand_out_distinct_indices_and_wait(tmp_path: Path) -> None:
+def test_gpu_slots_hand_out_distinct_indices_and_wait(tmp_path: Path, monkeypatch) -> None:
+    import hw2.gpu_slots
+
+    polled = threading.Event()
+    real_sleep = time.sleep
+
+    def sleep(seconds: float) -> None:  # the waiting job found every GPU taken
+        polled.set()
+        real_sleep(seconds)
+
+    monkeypatch.setattr(hw2.gpu_slots.time, "sleep", sleep)
     with claim_gpu(tmp_path, 2) as a, claim_gpu(tmp_path, 2) as b:
         assert {a, b} == {0, 1}
         got: list[int] = []
@@ -25,9 +36,9 @@ def test_gpu_slots_hand_out_distinct_indices_and_wait(tmp_path: Path) -> None:
 
         t = threading.Thread(target=third)
         t.start()
-        time.sleep(0.3)
-        assert got == []  # both GPUs busy: the third job waits
-    t.join(timeout=5)
+        assert polled.wait(timeout=30)  # it tried both GPUs and went to wait ...
+        assert got == []  # ... without getting one while both are held
+    t.join(timeout=30)
     assert got in ([0], [1])
     with pytest.raises(ValueError, match="at least one visible GPU"), claim_gpu(tmp_path, 0):
         pass
@@ -49,9 +60,31 @@ def test_atomic_checkpoint_keeps_the_old_file_when_a_save_fails(tmp_path: Path) 
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no temp file left
 
 
-def test_tune_malloc_applies_on_glibc() -> None:
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+def _mmapped_after_malloc(libc: ctypes.CDLL, size: int) -> int:
+    """Bytes glibc serves by mmap while a `size`-byte block is allocated."""
+    libc.malloc.restype = ctypes.c_void_p
+    block = libc.malloc(ctypes.c_size_t(size))
+    try:
+        return libc.mallinfo2().hblkhd
+    finally:
+        libc.free(ctypes.c_void_p(block))
+
+
+def test_tune_malloc_keeps_big_blocks_off_mmap() -> None:
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = _Mallinfo2
+    size = 64 << 20
+    libc.mallopt(-4, 65536)  # glibc's default M_MMAP_MAX: a 64 MiB block is mmapped
+    base = libc.mallinfo2().hblkhd
+    assert _mmapped_after_malloc(libc, size) >= base + size
     assert tune_malloc() is True
-    torch.ones(64, 1024, 1024).sum()  # big allocations still work
+    assert _mmapped_after_malloc(libc, size) == libc.mallinfo2().hblkhd  # from the heap now
 
 
 def test_fast_precision_follows_the_cpu(monkeypatch) -> None:
