@@ -107,9 +107,9 @@ def check_data(path: str | Path, hparams: Mapping[str, Any], data: Mapping[str, 
         only_data = sorted(set(theirs["chars"]) - set(mine["chars"]))
         raise CheckpointError(
             f"checkpoint {path} has a vocabulary of {len(mine['chars'])} characters "
-            f"({_chars(mine['chars'])!r}), {where} has {len(theirs['chars'])} "
-            f"({_chars(theirs['chars'])!r}); only in the checkpoint: "
-            f"{_chars(''.join(only_ckpt))!r}, only in the data: {_chars(''.join(only_data))!r}"
+            f"('{_chars(mine['chars'])}'), {where} has {len(theirs['chars'])} "
+            f"('{_chars(theirs['chars'])}'); only in the checkpoint: "
+            f"'{_chars(''.join(only_ckpt))}', only in the data: '{_chars(''.join(only_data))}'"
             f"{'' if only_ckpt or only_data else ' (the <unk> token differs)'}: "
             "test a checkpoint on the corpus it was trained on")
     if "class_names" in data and list(hparams["class_names"]) != list(data["class_names"]):
