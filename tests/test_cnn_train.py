@@ -3,6 +3,7 @@ TensorBoard summary of the report read back from the event files; then test-only
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -84,6 +85,13 @@ def test_cnn_trains_logs_report_figures_and_tests_from_checkpoint(
                              "model.net.channels=[4,4,4]"], output_dir=tmp_path / "test_only")
     again = run(test_only)
     assert again["test/acc"] == metrics["test/acc"] and "train/loss" not in again
+    # hw2.predict preprocesses as the checkpoint says: its top-1 matches the test accuracy
+    from hw2.predict import predict
+
+    results = dict(predict(best[0], data / "test", top_k=3))
+    assert len(results) == 6 and all(len(r) == 3 for r in results.values())
+    hits = [r[0][0] == path.parent.name for path, r in results.items()]
+    assert sum(hits) / len(hits) == pytest.approx(metrics["test/acc"])
     assert "test/confusion_matrix" in read_tags(tmp_path / "test_only")["images"]
 
 
@@ -141,7 +149,7 @@ def make_separable(root: Path, n: int = 8) -> Path:
 
 
 @pytest.mark.slow
-def test_cnn_learns_a_separable_task(tmp_path: Path) -> None:
+def test_cnn_learns_a_separable_task(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Through train.py's whole path: a colour-coded task must be learned (chance is 1/3)."""
     from tests.conftest import compose_train
 
@@ -153,6 +161,8 @@ def test_cnn_learns_a_separable_task(tmp_path: Path) -> None:
                          "model.optimizer.lr=1e-2", "model.net.channels=[8,8,8]",
                          "callbacks=none", "logger=csv", "+trainer.enable_progress_bar=false",
                          f"paths.root_dir={tmp_path}"], tmp_path / "run")
-    metrics = run(cfg)
+    with caplog.at_level(logging.WARNING, logger="hw2.train"):
+        metrics = run(cfg)
     assert metrics["test/acc"] >= 0.9, metrics
     assert not (tmp_path / "run" / "checkpoints").exists()  # callbacks=none: no checkpoints
+    assert "testing current weights" in caplog.text  # test-after-fit says what it tests

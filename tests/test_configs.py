@@ -118,3 +118,13 @@ def test_debug_presets_run(preset: str, tmp_path: Path, small_text: Path) -> Non
     else:  # a short real run: limit_train_batches=5, checkpoints and a test on the best one
         last = torch.load(ckpts / "last.ckpt", weights_only=True)
         assert last["global_step"] == 5 and "test/bpc" in metrics
+
+
+@pytest.mark.parametrize("task", ["charlm", "cnn"])
+def test_callbacks_none_drops_the_tasks_callbacks_and_checkpointing(task: str, tmp_path: Path
+                                                                    ) -> None:
+    default = compose_train([f"task={task}"], tmp_path)
+    task_only = {"charlm": {"text_sample"}, "cnn": {"misclassified", "confusion_matrix"}}[task]
+    assert task_only <= set(default.callbacks)
+    cfg = compose_train([f"task={task}", "callbacks=none"], tmp_path)
+    assert len(cfg.callbacks) == 0 and cfg.trainer.enable_checkpointing is False
