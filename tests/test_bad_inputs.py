@@ -284,3 +284,19 @@ def test_full_disk_leaves_no_temporary_file(tmp_path: Path, monkeypatch) -> None
     with pytest.raises(UnwritablePathError, match=rf"cannot write {tmp_path}: No space left"):
         writable_dir(tmp_path)
     assert target.read_bytes() == b"old" and listing(tmp_path) == {"out", "out/run.json"}
+
+
+@pytest.mark.slow
+def test_predict_cli_prints_top_k_and_names_a_corrupt_photo(tmp_path: Path) -> None:
+    ckpt = cnn_ckpt(tmp_path / "cnn.ckpt")
+    folder = photos(tmp_path / "photos") / "test"
+    (folder / "soup" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    out = subprocess.run([sys.executable, "-m", "hw2.predict", f"ckpt={ckpt}",
+                          f"images={folder}", "top_k=2"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 1
+    lines = out.stdout.splitlines()
+    assert len(lines) == 6 and lines[0].startswith(f"{folder / 'bread' / '0.png'}: ")
+    assert all(len(line.split(": ")[1].split(", ")) == 2 for line in lines)
+    assert out.stderr.startswith(f"error: {folder / 'soup' / 'broken.jpg'}: cannot decode")
+    assert "Traceback" not in out.stderr
