@@ -99,12 +99,12 @@ def main() -> None:
         ev.Reload()
         curve = [(e.wall_time - t0, e.value) for e in ev.Scalars("val/bpc")]
         last = out / "checkpoints" / "last.ckpt"
-        step = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+        step = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
         params = sum(p.numel() for p in load_module(last, CharLM).parameters())
 
         rows.append((cell, params, step * batch * seq_len / wall, *(best_by(curve, wall, m)
                                                                     for m in (2, 10, 30)),
-                     metrics.get("test/bpc", math.nan), wall))
+                     metrics.get("best/val/bpc", math.nan), wall))  # no test split
         print("   minute  val_bpc")
         for t, v in curve:
             print(f"   {t / 60:6.2f}  {v:.3f}")
