@@ -111,7 +111,13 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=r"refused to load .*evil.ckpt.*exec"):
         load_module(evil, CharLM)
     assert not marker.exists()
-    # the same file through generate.py's command line: one line, code not run
+
+
+@pytest.mark.slow
+def test_malicious_pickle_through_generate_cli(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"vocab": _RunsCode(marker)}}, evil)
     out = subprocess.run([sys.executable, "generate.py", f"ckpt={evil}", "length=5"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and out.stderr.startswith("error: refused to load")
@@ -259,7 +265,6 @@ def test_unwritable_output_dir(tmp_path: Path, small_text: Path) -> None:
         run(cfg)
 
 
-@pytest.mark.slow
 def test_unwritable_log_dir_from_the_command_line(tmp_path: Path) -> None:
     blocker = tmp_path / "a_file"
     blocker.write_text("in the way")
