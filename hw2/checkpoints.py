@@ -86,10 +86,10 @@ def check_task(path: str | Path, hparams: Mapping[str, Any], cls: type[pl.Lightn
     if found is None:
         keys = "/".join(repr(key) for key, _ in TASKS.values())
         raise CheckpointError(f"checkpoint {path} has no hw2 model hyperparameters (no {keys}), "
-                              f"so it is not a {want} checkpoint: use one written by this "
-                              "version of train.py")
-    raise CheckpointError(f"checkpoint {path} is a {describe(hparams)} checkpoint, not a {want} "
-                          "one: use a checkpoint of the task you run")
+                              f"so it is not of {want}: use one written by this version of "
+                              "train.py")
+    raise CheckpointError(f"checkpoint {path} is of {describe(hparams)}, not of {want}: use a "
+                          "checkpoint of the task you run")
 
 
 def _chars(chars: str) -> str:

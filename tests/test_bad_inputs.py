@@ -150,11 +150,11 @@ def test_other_tasks_checkpoint_fails_before_the_data_is_read(
     cfg = compose_cfg(["data=text_file", f"data.corpus.path={tmp_path / 'absent.txt'}",
                        "train=false", f"ckpt_path={ckpt}"])
     # the corpus does not even exist: the checkpoint's task is checked first
-    with pytest.raises(CheckpointError, match=r"is a ImageClassifier \(task=cnn, 3 classes\) "
-                                              r"checkpoint, not a CharLM \(task=charlm\) one"):
+    with pytest.raises(CheckpointError, match=r"is of ImageClassifier \(task=cnn, 3 classes\), "
+                                              r"not of CharLM \(task=charlm\)"):
         run(cfg)
-    with pytest.raises(CheckpointError, match=r"CharLM \(task=charlm, \d+ characters\) "
-                                              r"checkpoint, not a ImageClassifier"):
+    with pytest.raises(CheckpointError, match=r"is of CharLM \(task=charlm, \d+ characters\), "
+                                              r"not of ImageClassifier"):
         load_module(charlm_ckpt(tmp_path / "lm.ckpt"), ImageClassifier)
 
 

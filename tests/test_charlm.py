@@ -191,7 +191,7 @@ def test_generate_cli_and_its_errors(trained_run: tuple[Path, dict], tmp_path: P
         load_module(junk, CharLM)
     other = tmp_path / "other.ckpt"
     torch.save({"state_dict": {}, "hyper_parameters": {"num_classes": 11}}, other)
-    with pytest.raises(ValueError, match=r"no hw2 model hyperparameters .* not a CharLM"):
+    with pytest.raises(ValueError, match=r"no hw2 model hyperparameters .* not of CharLM"):
         load_module(other, CharLM)
 
 
