@@ -178,7 +178,7 @@ def test_test_only_needs_a_test_split(tmp_path: Path, compose_cfg: Callable) -> 
     cfg = compose_cfg(["data=text_file", f"data.corpus.path={corpus}", "train=false",
                        f"ckpt_path={charlm_ckpt(tmp_path / 'lm.ckpt')}", "data.batch_size=2",
                        "data.seq_len=8"])
-    with pytest.raises(ValueError, match=r"has none: use a corpus with one .*data.corpus.test_fraction"):
+    with pytest.raises(ValueError, match=r"has none: use a corpus with one .*test_fraction"):
         run(cfg)
 
 
