@@ -2,15 +2,24 @@
 
 `python train.py --help` lists the config groups; `-m` sweeps (see README)."""
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
+
+SIGTERM_EXIT = 143  # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
     from hw2.train import run  # after Hydra parsed the command line: --help stays fast
 
-    metrics = run(cfg)
+    try:
+        metrics = run(cfg)
+    except SIGTERMException:
+        sys.exit(SIGTERM_EXIT)  # pre-empted: last.ckpt saved, run.json says interrupted
     metric = cfg.get("optimized_metric")
     return metrics.get(metric) if metric else None
 

@@ -35,10 +35,12 @@ class ImageClassifier(TaskModule):
         channels_last: bool = True,
         label_smoothing: float = 0.0,
         l2: float = 0.0,
+        skip_nonfinite: bool = False,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
     ) -> None:
-        super().__init__(optimizer=optimizer, scheduler=scheduler, l2=l2)
+        super().__init__(optimizer=optimizer, scheduler=scheduler, l2=l2,
+                         skip_nonfinite=skip_nonfinite)
         if num_classes < 2:
             raise ValueError(f"num_classes={num_classes}: a classifier needs at least 2 classes")
         names = list(class_names) if class_names is not None else [str(i) for i in
@@ -56,6 +58,7 @@ class ImageClassifier(TaskModule):
             self.net = self.net.to(memory_format=torch.channels_last)
         kw = {"num_classes": num_classes}
         self.train_acc = MulticlassAccuracy(**kw, average="micro")
+        self.train_acc.persistent(True)  # in checkpoints: a mid-epoch resume ends the same
         self.val_acc = MulticlassAccuracy(**kw, average="micro")
         self.test_acc = MulticlassAccuracy(**kw, average="micro")
         self.test_class_acc = MulticlassAccuracy(**kw, average=None)
@@ -81,14 +84,14 @@ class ImageClassifier(TaskModule):
                  batch_size=len(y))
         return loss, preds
 
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
         loss, _ = self._step(batch, "train")
         if self.l2 == 0:
-            return loss
+            return self.checked_loss(loss)
         penalty = self.l2_penalty()
         self.log("train/l2_penalty", penalty, on_step=False, on_epoch=True,
                  batch_size=len(batch[1]))
-        return loss + penalty
+        return self.checked_loss(loss + penalty)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._step(batch, "val")
