@@ -124,7 +124,7 @@ def _run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback]) -> dict[str, f
 
     metrics: dict[str, float] = {}
     if cfg.get("train"):
-        log_hparams_at_start(cfg, trainer)
+        log_hparams_at_start(cfg, trainer, resuming=ckpt_path is not None)
         fit(cfg, trainer, model, datamodule, ckpt_path)
         metrics.update(scalars(trainer.callback_metrics))
     if cfg.get("test"):
@@ -187,12 +187,12 @@ def expected_final_metrics(cfg: DictConfig) -> list[str]:
     return sorted(names)
 
 
-def log_hparams_at_start(cfg: DictConfig, trainer: pl.Trainer) -> None:
+def log_hparams_at_start(cfg: DictConfig, trainer: pl.Trainer, resuming: bool = False) -> None:
     """Hyperparameters before training, so a crashed run has them (hparams.yaml, HParams tab);
     the final metrics follow at the end as `hp/...` scalars (NaN until then)."""
     params = flat_hparams(cfg)
     for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
+        if isinstance(logger, TensorBoardLogger) and not resuming:
             logger.log_hyperparams(params, metrics={k: float("nan")
                                                     for k in expected_final_metrics(cfg)})
         else:
