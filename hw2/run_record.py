@@ -108,7 +108,8 @@ def recorded_run(run_dir: str | os.PathLike) -> Iterator[RunRecord]:
     try:
         yield record
     except (KeyboardInterrupt, SIGTERMException) as e:
-        record.end("interrupted", error=last_error_line(e) or type(e).__name__)
+        what = "SIGTERM (pre-empted)" if isinstance(e, SIGTERMException) else "KeyboardInterrupt"
+        record.end("interrupted", error=what)
         raise
     except SystemExit as e:  # Lightning turns Ctrl-C into sys.exit(1) after saving
         ctrl_c = isinstance(e.__context__, KeyboardInterrupt)

@@ -22,8 +22,8 @@ class _DieWhilePickled:
 
 class Fault(pl.Callback):
     """kind=kill: SIGKILL after training step `at_step`; term: SIGTERM there; save: SIGKILL
-    inside the `at_save`-th checkpoint write; nan: the weights become NaN after `at_step`
-    (the next loss is non-finite); nanloss: the loss of step `at_step` alone is NaN. Fires only
+    inside the `at_save`-th checkpoint write; nan_weights: the weights become NaN after `at_step`
+    (the next loss is non-finite); nan_loss: the loss of step `at_step` alone is NaN. Fires only
     in the run that starts at step 0."""
 
     def __init__(self, kind: str, at_step: int = 0, at_save: int = 0) -> None:
@@ -36,7 +36,7 @@ class Fault(pl.Callback):
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                              batch: Any, batch_idx: int) -> None:
-        if self.armed and self.kind == "nanloss" and trainer.global_step == self.at_step:
+        if self.armed and self.kind == "nan_loss" and trainer.global_step == self.at_step:
             self.armed = False
             checked = pl_module.checked_loss
 
@@ -55,7 +55,7 @@ class Fault(pl.Callback):
         elif self.kind == "term":
             self.armed = False
             os.kill(os.getpid(), signal.SIGTERM)
-        elif self.kind == "nan":
+        elif self.kind == "nan_weights":
             self.armed = False
             with torch.no_grad():
                 for p in pl_module.parameters():

@@ -77,14 +77,34 @@ class TaskModule(pl.LightningModule):
         self.skip_nonfinite = skip_nonfinite
         self.skipped_steps = 0
 
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """A finite loss can still give inf/NaN gradients (overflow), and one such step makes
+        every weight NaN: stop here, before the step, or drop the gradients (skip)."""
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if not grads or bool(torch.isfinite(torch.stack([g.norm() for g in grads])).all()):
+            return
+        if self.skip_nonfinite:
+            self.skipped_steps += 1
+            log.warning("non-finite gradient at %s: step skipped (%d so far)", self._where(),
+                        self.skipped_steps)
+            optimizer.zero_grad(set_to_none=True)  # optimisers leave grad-less weights alone
+            return
+        raise NonFiniteLossError(
+            f"non-finite gradient at {self._where()}; stopped without saving. last good "
+            f"checkpoint: {last_good_checkpoint(self._trainer)} (resume it with a lower "
+            "model.optimizer.lr, or skip such steps with model.skip_nonfinite=true)")
+
+    def _where(self) -> str:
+        batch = self.trainer.fit_loop.epoch_loop.batch_idx if self._trainer else "?"
+        return f"step {self.global_step} (epoch {self.current_epoch}, batch {batch})"
+
     def checked_loss(self, loss: torch.Tensor) -> torch.Tensor | None:
         """`loss` if finite. Otherwise stop with the step and the last good checkpoint, or with
         `model.skip_nonfinite=true` return None: Lightning then skips backward and the
         optimiser step for this batch."""
         if bool(torch.isfinite(loss.detach()).all()):
             return loss
-        where = (f"step {self.global_step} (epoch {self.current_epoch}, batch "
-                 f"{self.trainer.fit_loop.epoch_loop.batch_idx if self._trainer else '?'})")
+        where = self._where()
         if self.skip_nonfinite:
             self.skipped_steps += 1
             log.warning("non-finite training loss (%s) at %s: step skipped (%d so far)",
