@@ -9,7 +9,7 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from hw2.data.resumable import EpochSampler, ResumableTrainData, run_seed
+from hw2.data.resumable import EpochSampler, ResumableLoader, ResumableTrainData, run_seed
 from hw2.data.vocab import Vocab
 
 log = logging.getLogger(__name__)
@@ -142,6 +142,7 @@ class CharDataModule(ResumableTrainData):
             windows = StreamWindows(mine, self.seq_len)
             if train:
                 windows.start = self.resume_point(len(windows))[1]
+                return ResumableLoader(windows, batch_size=None)
             return DataLoader(windows, batch_size=None)
         stride = self.stride if train else self.seq_len  # evaluate each character once
         windows = SlidingWindows(ids, self.seq_len, stride)
@@ -149,7 +150,7 @@ class CharDataModule(ResumableTrainData):
         if train:  # shuffled by (seed, epoch), so a resumed epoch has the same order
             epoch, skip = self.resume_point(max(len(windows) // self.batch_size, 1))
             sampler = EpochSampler(len(windows), True, run_seed(), epoch, skip * self.batch_size)
-        return DataLoader(
+        return (ResumableLoader if train else DataLoader)(
             windows,
             batch_size=self.batch_size,
             sampler=sampler,

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from hw2.data.image_folders import Layout, Sample, Splits, find_splits
-from hw2.data.resumable import EpochSampler, ResumableTrainData, run_seed
+from hw2.data.resumable import EpochSampler, ResumableLoader, ResumableTrainData, run_seed
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +217,7 @@ class ImageDataModule(ResumableTrainData):
         if train:  # shuffled by (seed, epoch): a run resumed mid-epoch sees the same order
             epoch, skip = self.resume_point(len(dataset) // self.batch_size or 1)
             sampler = EpochSampler(len(dataset), True, run_seed(), epoch, skip * self.batch_size)
-        return DataLoader(
+        return (ResumableLoader if train else DataLoader)(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
             sampler=sampler,

@@ -18,7 +18,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.trainer.states import TrainerFn
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Sampler
 
 
 def run_seed() -> int:
@@ -85,3 +85,15 @@ class EpochSampler(Sampler):
         skip, self.skip = self.skip, 0
         for i in order[skip:]:
             yield self.epoch, i
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader that Lightning's fit loop counts as resumable (it has `state_dict` /
+    `load_state_dict`), so it does not warn that a mid-epoch resume replays the epoch. Its own
+    state is empty: the position is kept by the data module, see above."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        pass
