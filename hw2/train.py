@@ -227,7 +227,8 @@ def report(cfg: DictConfig, trainer: pl.Trainer, metrics: Mapping[str, float]) -
         if cb.best_model_path:
             kind = f"best by {cb.monitor}" if cb.monitor else "last"
             lines.append(f"{kind} checkpoint: {cb.best_model_path}"
-                         + ("" if cb.monitor else " (resume: ckpt_path=<it>)"))
+                         + ("" if cb.monitor else " (a run in this directory continues "
+                                                  "from it: resume=auto)"))
     if any(isinstance(lg, TensorBoardLogger) for lg in trainer.loggers):
         lines.append(f"inspect: tensorboard --logdir {out.parent}")
     print("\n".join(lines), flush=True)
