@@ -7,9 +7,13 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+SIGTERM_EXIT = 143  # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM
+
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
     from hw2.checkpoints import CheckpointError  # after Hydra parsed the command line:
     from hw2.fileio import UnwritablePathError  # --help stays fast
     from hw2.train import run
@@ -19,6 +23,8 @@ def main(cfg: DictConfig) -> float | None:
     except (CheckpointError, UnwritablePathError) as e:  # the message says it all
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except SIGTERMException:
+        sys.exit(SIGTERM_EXIT)  # pre-empted: last.ckpt saved, run.json says interrupted
     metric = cfg.get("optimized_metric")
     return metrics.get(metric) if metric else None
 

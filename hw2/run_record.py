@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
 from hw2.fileio import atomic_write_json
 
 RECORD_NAME = "run.json"
@@ -105,8 +107,14 @@ def recorded_run(run_dir: str | os.PathLike) -> Iterator[RunRecord]:
     record = RunRecord(run_dir)
     try:
         yield record
-    except KeyboardInterrupt as e:
-        record.end("interrupted", error=last_error_line(e) or "KeyboardInterrupt")
+    except (KeyboardInterrupt, SIGTERMException) as e:
+        what = "SIGTERM (pre-empted)" if isinstance(e, SIGTERMException) else "KeyboardInterrupt"
+        record.end("interrupted", error=what)
+        raise
+    except SystemExit as e:  # Lightning turns Ctrl-C into sys.exit(1) after saving
+        ctrl_c = isinstance(e.__context__, KeyboardInterrupt)
+        record.end("interrupted" if ctrl_c else "failed",
+                   error="KeyboardInterrupt" if ctrl_c else f"exit {e.code}")
         raise
     except BaseException as e:
         record.end("failed", error=last_error_line(e))

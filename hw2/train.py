@@ -11,10 +11,12 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
-from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from hw2.checkpoints import load_for_data
 from hw2.gpu_slots import claim_gpu
+from hw2.resume import keep_csv_rows, logging_step, resolve_checkpoint
 from hw2.run_record import recorded_run
 from hw2.runtime import fast_precision, tune_malloc
 
@@ -104,10 +106,7 @@ def _run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback]) -> dict[str, f
         log.info("trainer.precision=auto -> %s on this machine", cfg.trainer.precision)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
-    ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path is not None and not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path} is not a file: give a checkpoint written "
-                                "by a run, e.g. logs/<task>/runs/<time>/checkpoints/last.ckpt")
+    ckpt_path = resolve_checkpoint(cfg)
     if not cfg.get("train") and not cfg.get("test"):
         raise ValueError("train=false and test=false: nothing to do")
 
@@ -124,21 +123,21 @@ def _run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback]) -> dict[str, f
     else:  # test-only: the checkpoint's own network, checked against the data
         model = load_for_data(ckpt_path, cfg.model._target_, datamodule)
     callbacks = instantiate_group(cfg.get("callbacks")) + list(extra_callbacks)
-    loggers = instantiate_group(cfg.get("logger"))
+    loggers = make_loggers(cfg, purge_step=logging_step(ckpt_path) if cfg.get("train") else None)
     trainer: pl.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, _convert_="all"
     )
 
     metrics: dict[str, float] = {}
     if cfg.get("train"):
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        log_hparams_at_start(cfg, trainer, resuming=ckpt_path is not None)
+        fit(cfg, trainer, model, datamodule, ckpt_path)
         metrics.update(scalars(trainer.callback_metrics))
     if cfg.get("test"):
         if cfg.get("train"):
             cb = trainer.checkpoint_callback
-            best = cb.best_model_path if cb is not None else ""
-            test_ckpt = best or None
-            if not best:
+            test_ckpt = "best" if cb is not None and cb.best_model_path else None
+            if test_ckpt is None:
                 log.warning("no best checkpoint (no checkpoint callback): testing current weights")
         else:
             test_ckpt = None  # load_for_data loaded the weights
@@ -150,13 +149,73 @@ def _run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback]) -> dict[str, f
         metrics[f"best/{cb.monitor}"] = float(cb.best_model_score)
     final = {f"hp/{k}": v for k, v in metrics.items() if k.startswith(("val/", "test/", "best/"))}
     for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):  # HParams tab: config beside final metrics
-            logger.log_hyperparams(flat_hparams(cfg), metrics=final)
-        else:
+        if isinstance(logger, TensorBoardLogger):  # HParams tab: final metrics beside config
+            if cfg.get("train"):
+                logger.log_metrics(final, step=trainer.global_step)
+            else:
+                logger.log_hyperparams(flat_hparams(cfg), metrics=final)
+        elif not cfg.get("train"):
             logger.log_hyperparams(flat_hparams(cfg))
         logger.save()
     report(cfg, trainer, metrics)
     return metrics
+
+
+def make_loggers(cfg: DictConfig, purge_step: int | None = None) -> list[Any]:
+    """The configured loggers; on a resume TensorBoard writes into the same folder with
+    `purge_step` (events after the checkpoint are dropped: no gap, no duplicated step)."""
+    loggers = []
+    for node in (cfg.get("logger") or {}).values():
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            continue
+        extra = {}
+        if purge_step is not None and node._target_.endswith("TensorBoardLogger"):
+            extra["purge_step"] = purge_step
+        logger = instantiate(node, **extra)
+        if purge_step is not None and isinstance(logger, CSVLogger):
+            keep_csv_rows(logger, purge_step)
+        loggers.append(logger)
+    return loggers
+
+
+def expected_final_metrics(cfg: DictConfig) -> list[str]:
+    """`hp/...` names the run will report, declared with the hyperparameters at the start (the
+    HParams tab takes its metric columns from the first declaration)."""
+    monitor = OmegaConf.select(cfg, "callbacks.model_checkpoint.monitor", default=None)
+    if not monitor or "/" not in str(monitor):
+        return []
+    name = str(monitor).split("/", 1)[1]
+    names = {f"hp/val/{name}", "hp/val/loss", f"hp/best/{monitor}"}
+    if cfg.get("test"):
+        names |= {f"hp/test/{name}", "hp/test/loss"}
+    return sorted(names)
+
+
+def log_hparams_at_start(cfg: DictConfig, trainer: pl.Trainer, resuming: bool = False) -> None:
+    """Hyperparameters before training, so a crashed run has them (hparams.yaml, HParams tab);
+    the final metrics follow at the end as `hp/...` scalars (NaN until then)."""
+    params = flat_hparams(cfg)
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger) and not resuming:
+            logger.log_hyperparams(params, metrics={k: float("nan")
+                                                    for k in expected_final_metrics(cfg)})
+        else:
+            logger.log_hyperparams(params)
+        logger.save()
+
+
+def fit(cfg: DictConfig, trainer: pl.Trainer, model: pl.LightningModule,
+        datamodule: pl.LightningDataModule, ckpt_path: str | None) -> None:
+    """trainer.fit; on SIGTERM (pre-emption) Lightning finishes the batch, the last-checkpoint
+    callback saves `last.ckpt` (save_on_exception) and we say how to go on."""
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:
+        last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        saved = f"saved {last}" if last.is_file() else "no checkpoint saved"
+        print(f"\ninterrupted by SIGTERM at step {trainer.global_step}: {saved}; run the same "
+              "command again to resume (resume=auto)", flush=True)
+        raise
 
 
 def report(cfg: DictConfig, trainer: pl.Trainer, metrics: Mapping[str, float]) -> None:
@@ -172,7 +231,8 @@ def report(cfg: DictConfig, trainer: pl.Trainer, metrics: Mapping[str, float]) -
         if cb.best_model_path:
             kind = f"best by {cb.monitor}" if cb.monitor else "last"
             lines.append(f"{kind} checkpoint: {cb.best_model_path}"
-                         + ("" if cb.monitor else " (resume: ckpt_path=<it>)"))
+                         + ("" if cb.monitor else " (a run in this directory continues "
+                                                  "from it: resume=auto)"))
     if any(isinstance(lg, TensorBoardLogger) for lg in trainer.loggers):
         lines.append(f"inspect: tensorboard --logdir {out.parent}")
     print("\n".join(lines), flush=True)

@@ -35,5 +35,7 @@ class ParamHistograms(pl.Callback):
         if trainer.current_epoch % self.every_n_epochs:
             return
         for name, p in pl_module.named_parameters():
+            if not bool(p.detach().isfinite().all()):
+                continue  # diverged weights have no histogram (the run is about to stop)
             writer.add_histogram(f"params/{layer_tag(name)}", p.detach().float().cpu(),
                                  global_step=trainer.global_step)

@@ -17,6 +17,8 @@ class TextSample(pl.Callback):
         writer = tensorboard(trainer)
         if writer is None or trainer.sanity_checking or not trainer.is_global_zero:
             return
+        if not all(bool(torch.isfinite(p).all()) for p in pl_module.parameters()):
+            return  # diverged: nothing to read (the run stops at its next training step)
         vocab = pl_module.vocab
         prime = "".join(c for c in self.prime if c in vocab.index) or vocab.chars[0]
         text = pl_module.sample(prime, self.length, self.temperature,

@@ -6,10 +6,10 @@ import logging
 import math
 from typing import Any, Literal
 
-import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from hw2.data.resumable import EpochSampler, ResumableLoader, ResumableTrainData, run_seed
 from hw2.data.vocab import Vocab
 
 log = logging.getLogger(__name__)
@@ -27,17 +27,20 @@ class StreamWindows(IterableDataset):
     """The report's mini-batches: window i is columns [i*T, (i+1)*T) of every stream, targets
     shifted by one; the last window may be shorter. Consecutive windows continue each stream, so
     the model carries its hidden state from one to the next (truncated BPTT). Iterable, so that
-    no sampler reorders or shards the windows."""
+    no sampler reorders or shards the windows. `start` windows are skipped by the first pass
+    only (a run resumed mid-epoch); `len` stays the whole epoch, as Lightning counts the skipped
+    windows as done."""
 
-    def __init__(self, streams: torch.Tensor, seq_len: int) -> None:
-        self.streams, self.seq_len = streams, seq_len
+    def __init__(self, streams: torch.Tensor, seq_len: int, start: int = 0) -> None:
+        self.streams, self.seq_len, self.start = streams, seq_len, start
 
     def __len__(self) -> int:
         return math.ceil((self.streams.shape[1] - 1) / self.seq_len)
 
     def __iter__(self):
         last = self.streams.shape[1] - 1  # the final column is only ever a target
-        for start in range(0, last, self.seq_len):
+        skip, self.start = self.start, 0
+        for start in range(skip * self.seq_len, last, self.seq_len):
             end = min(start + self.seq_len, last)
             yield self.streams[:, start:end], self.streams[:, start + 1 : end + 1]
 
@@ -57,7 +60,7 @@ class SlidingWindows(Dataset):
         return chunk[:-1], chunk[1:]
 
 
-class CharDataModule(pl.LightningDataModule):
+class CharDataModule(ResumableTrainData):
     """Text from a corpus object (`load() -> {"train", "val"[, "test"]}`), a vocabulary built
     from the training text, and loaders in `stream` or `window` mode."""
 
@@ -136,13 +139,21 @@ class CharDataModule(pl.LightningDataModule):
                 world, rank = self.trainer.world_size, self.trainer.global_rank
             streams = make_streams(ids, self.batch_size * world)
             mine = streams[rank * self.batch_size : (rank + 1) * self.batch_size]
-            return DataLoader(StreamWindows(mine, self.seq_len), batch_size=None)
+            windows = StreamWindows(mine, self.seq_len)
+            if train:
+                windows.start = self.resume_point(len(windows))[1]
+                return ResumableLoader(windows, batch_size=None)
+            return DataLoader(windows, batch_size=None)
         stride = self.stride if train else self.seq_len  # evaluate each character once
         windows = SlidingWindows(ids, self.seq_len, stride)
-        return DataLoader(
+        sampler = None
+        if train:  # shuffled by (seed, epoch), so a resumed epoch has the same order
+            epoch, skip = self.resume_point(max(len(windows) // self.batch_size, 1))
+            sampler = EpochSampler(len(windows), True, run_seed(), epoch, skip * self.batch_size)
+        return (ResumableLoader if train else DataLoader)(
             windows,
             batch_size=self.batch_size,
-            shuffle=train,
+            sampler=sampler,
             drop_last=train and len(windows) > self.batch_size,  # never an empty epoch
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,

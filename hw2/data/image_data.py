@@ -8,13 +8,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import pytorch_lightning as pl
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from hw2.data.image_folders import Layout, Sample, Splits, find_splits
+from hw2.data.resumable import EpochSampler, ResumableLoader, ResumableTrainData, run_seed
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +106,21 @@ class ImageSamples(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        if isinstance(key, int):
+            path, label = self.samples[key]
+            return self.transform(load_rgb(path, self.min_side)), label
+        # (epoch, index) from EpochSampler: the random augmentation is seeded per sample and
+        # epoch, so it is the same whatever the loading order, workers or a resume
+        epoch, i = key
         path, label = self.samples[i]
-        return self.transform(load_rgb(path, self.min_side)), label
+        image = load_rgb(path, self.min_side)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((run_seed() * 1_000_003 + epoch) * 1_000_003 + i)
+            return self.transform(image), label
 
 
-class ImageDataModule(pl.LightningDataModule):
+class ImageDataModule(ResumableTrainData):
     """Image folders (`layout: auto|food11|folders|food101`) -> train/val/test loaders."""
 
     def __init__(
@@ -207,10 +216,15 @@ class ImageDataModule(pl.LightningDataModule):
     def _loader(self, split: str, train: bool) -> DataLoader:
         if not self.datasets:
             self.setup()
-        return DataLoader(
-            self.datasets[split],
+        dataset = self.datasets[split]
+        sampler = None
+        if train:  # shuffled by (seed, epoch): a run resumed mid-epoch sees the same order
+            epoch, skip = self.resume_point(len(dataset) // self.batch_size or 1)
+            sampler = EpochSampler(len(dataset), True, run_seed(), epoch, skip * self.batch_size)
+        return (ResumableLoader if train else DataLoader)(
+            dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
+            sampler=sampler,
             drop_last=train and len(self.datasets[split]) > self.batch_size,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
+
+log = logging.getLogger(__name__)
 
 
 def warmup_cosine(
@@ -39,6 +43,21 @@ def penalised_weights(module: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
         yield name, p
 
 
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became inf/NaN: the run stops rather than train on (or save) garbage."""
+
+
+def last_good_checkpoint(trainer: pl.Trainer | None) -> str:
+    """The newest checkpoint this run has written, for the stop message."""
+    paths = [p for cb in (trainer.checkpoint_callbacks if trainer is not None else [])
+             for p in (getattr(cb, "last_model_path", ""), getattr(cb, "best_model_path", ""))
+             if p]
+    existing = [Path(p) for p in paths if Path(p).is_file()]
+    if not existing:
+        return "none yet (the run had not validated)"
+    return str(max(existing, key=lambda p: p.stat().st_mtime))
+
+
 class TaskModule(pl.LightningModule):
     """Base of every task: holds `net`, the L2 weight and the optimiser/scheduler factories."""
 
@@ -47,6 +66,7 @@ class TaskModule(pl.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., object] | None = None,
         l2: float = 0.0,
+        skip_nonfinite: bool = False,
     ) -> None:
         super().__init__()
         if l2 < 0:
@@ -54,6 +74,47 @@ class TaskModule(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.l2 = float(l2)
+        self.skip_nonfinite = skip_nonfinite
+        self.skipped_steps = 0
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """A finite loss can still give inf/NaN gradients (overflow), and one such step makes
+        every weight NaN: stop here, before the step, or drop the gradients (skip)."""
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if not grads or bool(torch.isfinite(torch.stack([g.norm() for g in grads])).all()):
+            return
+        if self.skip_nonfinite:
+            self.skipped_steps += 1
+            log.warning("non-finite gradient at %s: step skipped (%d so far)", self._where(),
+                        self.skipped_steps)
+            optimizer.zero_grad(set_to_none=True)  # optimisers leave grad-less weights alone
+            return
+        raise NonFiniteLossError(
+            f"non-finite gradient at {self._where()}; stopped without saving. last good "
+            f"checkpoint: {last_good_checkpoint(self._trainer)} (resume it with a lower "
+            "model.optimizer.lr, or skip such steps with model.skip_nonfinite=true)")
+
+    def _where(self) -> str:
+        batch = self.trainer.fit_loop.epoch_loop.batch_idx if self._trainer else "?"
+        return f"step {self.global_step} (epoch {self.current_epoch}, batch {batch})"
+
+    def checked_loss(self, loss: torch.Tensor) -> torch.Tensor | None:
+        """`loss` if finite. Otherwise stop with the step and the last good checkpoint, or with
+        `model.skip_nonfinite=true` return None: Lightning then skips backward and the
+        optimiser step for this batch."""
+        if bool(torch.isfinite(loss.detach()).all()):
+            return loss
+        where = self._where()
+        if self.skip_nonfinite:
+            self.skipped_steps += 1
+            log.warning("non-finite training loss (%s) at %s: step skipped (%d so far)",
+                        float(loss.detach().float().mean()), where, self.skipped_steps)
+            return None
+        raise NonFiniteLossError(
+            f"non-finite training loss ({float(loss.detach().float().mean())}) at {where}; "
+            f"stopped without saving. last good checkpoint: {last_good_checkpoint(self._trainer)}"
+            " (resume it with a lower model.optimizer.lr, or skip such steps with "
+            "model.skip_nonfinite=true)")
 
     def l2_penalty(self) -> torch.Tensor:
         """`l2 * sum(w**2)` over `penalised_weights`: the report's L2 term, added to the loss.

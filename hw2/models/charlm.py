@@ -20,6 +20,14 @@ LN2 = math.log(2)
 Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
+def to_device(hidden: Hidden | None, device: torch.device) -> Hidden | None:
+    if hidden is None:
+        return None
+    if isinstance(hidden, tuple):
+        return tuple(h.to(device) for h in hidden)
+    return hidden.to(device)
+
+
 def detach(hidden: Hidden | None) -> Hidden | None:
     """Cut the graph between windows (truncated BPTT) but keep the state's values."""
     if hidden is None:
@@ -79,75 +87,87 @@ class CharLM(TaskModule):
         dropout: float = 0.0,
         tie_weights: bool = False,
         l2: float = 0.0,
+        skip_nonfinite: bool = False,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
     ) -> None:
-        super().__init__(optimizer=optimizer, scheduler=scheduler, l2=l2)
+        super().__init__(optimizer=optimizer, scheduler=scheduler, l2=l2,
+                         skip_nonfinite=skip_nonfinite)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
         self.vocab = Vocab.from_state_dict(vocab)
         self.carry_hidden = carry_hidden
         self.net = CharRNN(len(self.vocab), cell, embedding_dim, hidden_size, num_layers,
                            dropout, tie_weights)
         self.state: dict[str, Hidden | None] = {}
-        # mean NLL in nats, weighted by characters, so BPC is exact over a whole split
-        self.train_nll, self.val_nll, self.test_nll = MeanMetric(), MeanMetric(), MeanMetric()
+        # mean NLL in nats and in bits, weighted by characters, so BPC is exact over a split;
+        # logged as metric objects (Lightning computes and resets them at epoch end). The
+        # training ones are saved in checkpoints: a run resumed mid-epoch ends the epoch with
+        # the same mean as one that never stopped.
+        for stage in ("train", "val", "test"):
+            for unit in ("loss", "bpc"):
+                metric = MeanMetric()
+                if stage == "train":
+                    metric.persistent(True)
+                setattr(self, f"{stage}_{unit}", metric)
 
     def forward(self, x: torch.Tensor, hidden: Hidden | None = None) -> tuple[torch.Tensor, Hidden]:
         return self.net(x, hidden)
 
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str
+              ) -> tuple[torch.Tensor, Hidden | None]:
         x, y = batch
         hidden = detach(self.state.get(stage)) if self.carry_hidden else None
-        logits, hidden = self.net(x, hidden)
-        if self.carry_hidden:
-            self.state[stage] = hidden
+        logits, hidden = self.net(x, to_device(hidden, x.device))
         nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
-        getattr(self, f"{stage}_nll").update(nll.detach(), weight=y.numel())
-        return nll
+        return nll, hidden if self.carry_hidden else None
 
-    def _reset(self, stage: str) -> None:
-        self.state[stage] = None  # streams start again at the beginning of the text
+    def _update(self, stage: str, nll: torch.Tensor, chars: int) -> None:
+        """Accumulate the split's mean and log it once per epoch (exact: weighted by chars)."""
+        loss, bpc = getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_bpc")
+        loss.update(nll.detach(), weight=chars)
+        bpc.update(nll.detach() / LN2, weight=chars)
+        suffix = "_epoch" if stage == "train" else ""  # train/bpc itself is per step
+        self.log(f"{stage}/loss{suffix}", loss, on_step=False, on_epoch=True)
+        self.log(f"{stage}/bpc{suffix}", bpc, on_step=False, on_epoch=True,
+                 prog_bar=stage != "train")
 
     def on_train_epoch_start(self) -> None:
-        self._reset("train")
+        self.state["train"] = None  # streams start again at the beginning of the text
 
     def on_validation_epoch_start(self) -> None:
-        self._reset("val")
+        self.state["val"] = None
 
     def on_test_epoch_start(self) -> None:
-        self._reset("test")
+        self.state["test"] = None
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
-                      ) -> torch.Tensor:
-        nll = self._step(batch, "train")
+                      ) -> torch.Tensor | None:
+        nll, hidden = self._step(batch, "train")
+        loss = self.checked_loss(nll + self.l2_penalty())
+        if loss is None:  # skipped: keep the state from before this window
+            return None
+        self.state["train"] = hidden
         self.log("train/loss", nll, prog_bar=True)
         self.log("train/bpc", nll / LN2, prog_bar=True)
-        return nll + self.l2_penalty()
+        self._update("train", nll, batch[1].numel())
+        return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._step(batch, "val")
+        nll, self.state["val"] = self._step(batch, "val")
+        self._update("val", nll, batch[1].numel())
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._step(batch, "test")
+        nll, self.state["test"] = self._step(batch, "test")
+        self._update("test", nll, batch[1].numel())
 
-    def _log_epoch(self, stage: str) -> None:
-        metric: MeanMetric = getattr(self, f"{stage}_nll")
-        if metric.update_count == 0:
-            return
-        nats = metric.compute()
-        metric.reset()
-        suffix = "_epoch" if stage == "train" else ""  # train/bpc itself is per step
-        self.log(f"{stage}/loss{suffix}", nats)
-        self.log(f"{stage}/bpc{suffix}", nats / LN2, prog_bar=stage != "train")
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The hidden state carried into the next training window: a run resumed mid-epoch
+        continues each stream where it stopped (the data module saves the position)."""
+        checkpoint["charlm_train_hidden"] = to_device(detach(self.state.get("train")),
+                                                      torch.device("cpu"))
 
-    def on_train_epoch_end(self) -> None:
-        self._log_epoch("train")
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_epoch("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch("test")
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.state["train"] = checkpoint.get("charlm_train_hidden")
 
     @torch.no_grad()
     def sample(

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassConfusionMatrix,
@@ -73,10 +74,12 @@ class ImageClassifier(TaskModule):
         channels_last: bool = True,
         label_smoothing: float = 0.0,
         l2: float = 0.0,
+        skip_nonfinite: bool = False,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
     ) -> None:
-        super().__init__(optimizer=optimizer, scheduler=scheduler, l2=l2)
+        super().__init__(optimizer=optimizer, scheduler=scheduler, l2=l2,
+                         skip_nonfinite=skip_nonfinite)
         if num_classes < 2:
             raise ValueError(f"num_classes={num_classes}: a classifier needs at least 2 classes")
         names = list(class_names) if class_names is not None else [str(i) for i in
@@ -96,6 +99,13 @@ class ImageClassifier(TaskModule):
             self.net = self.net.to(memory_format=torch.channels_last)
         kw = {"num_classes": num_classes}
         self.train_acc = MulticlassAccuracy(**kw, average="micro")
+        # epoch means as metric objects; the training ones are saved in checkpoints, so a run
+        # resumed mid-epoch reports the same epoch means as one that never stopped
+        for stage in ("train", "val", "test"):
+            setattr(self, f"{stage}_loss", MeanMetric())
+        self.train_l2 = MeanMetric()
+        for metric in (self.train_acc, self.train_loss, self.train_l2):
+            metric.persistent(True)
         self.val_acc = MulticlassAccuracy(**kw, average="micro")
         self.test_acc = MulticlassAccuracy(**kw, average="micro")
         self.test_class_acc = MulticlassAccuracy(**kw, average=None)
@@ -116,19 +126,21 @@ class ImageClassifier(TaskModule):
         acc = getattr(self, f"{stage}_acc")
         acc.update(preds, y)
         # epoch means, weighted by batch size: runs with and without L2 overlay per epoch
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
+        mean_loss = getattr(self, f"{stage}_loss")
+        mean_loss.update(loss.detach(), weight=len(y))
+        self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True)
         self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=stage != "train",
                  batch_size=len(y))
         return loss, preds
 
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
         loss, _ = self._step(batch, "train")
         if self.l2 == 0:
-            return loss
+            return self.checked_loss(loss)
         penalty = self.l2_penalty()
-        self.log("train/l2_penalty", penalty, on_step=False, on_epoch=True,
-                 batch_size=len(batch[1]))
-        return loss + penalty
+        self.train_l2.update(penalty.detach(), weight=len(batch[1]))
+        self.log("train/l2_penalty", self.train_l2, on_step=False, on_epoch=True)
+        return self.checked_loss(loss + penalty)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._step(batch, "val")

@@ -1,0 +1,40 @@
+"""Checkpoints that are never written from a diverged model."""
+
+from __future__ import annotations
+
+import logging
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from hw2.models.base import NonFiniteLossError
+
+log = logging.getLogger(__name__)
+
+
+def finite_weights(module: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in module.parameters())
+
+
+class FiniteCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint, except that a model with a non-finite weight is never saved
+    (a diverged run would otherwise overwrite the last good `last.ckpt`, e.g. through
+    `save_on_exception`), and a stop for a non-finite loss saves nothing either. The loggers
+    are flushed with every checkpoint, so a run killed later has its curves on disk up to the
+    checkpoint it resumes from (TensorBoard buffers up to two minutes otherwise)."""
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                     exception: BaseException) -> None:
+        if isinstance(exception, NonFiniteLossError):
+            return
+        super().on_exception(trainer, pl_module, exception)
+
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        if not finite_weights(trainer.lightning_module):
+            log.warning("not saving %s: the model has non-finite weights (kept: %s)", filepath,
+                        self.last_model_path or self.best_model_path or "nothing")
+            return
+        for logger in trainer.loggers:
+            logger.save()
+        super()._save_checkpoint(trainer, filepath)

@@ -1,0 +1,111 @@
+"""Which checkpoint a run starts from: `resume=auto` continues the run directory's own
+`last.ckpt`; `ckpt_path` takes Lightning's names (last, best, hpc) or a file."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from pytorch_lightning.loggers import CSVLogger
+
+from hw2.checkpoint_io import remove_stale_temps
+
+log = logging.getLogger(__name__)
+
+RESUME = ("auto", "never", "must")
+LIGHTNING_NAMES = ("last", "best", "hpc")
+
+
+def checkpoint_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.output_dir) / "checkpoints"
+
+
+def _best_of(folder: Path) -> Path:
+    """The best checkpoint the run's ModelCheckpoint (with a monitor) recorded in last.ckpt."""
+    last = folder / "last.ckpt"
+    if last.is_file():
+        state = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+        for key, cb in state.get("callbacks", {}).items():
+            if "ModelCheckpoint" in key or "FiniteCheckpoint" in key:
+                best = cb.get("best_model_path") if cb.get("monitor") else None
+                if best and Path(best).is_file():
+                    return Path(best)
+    others = [p for p in folder.glob("*.ckpt") if not p.name.startswith("last")]
+    if len(others) == 1:
+        return others[0]
+    raise FileNotFoundError(f"ckpt_path=best: no best checkpoint found in {folder}; give a "
+                            "checkpoint file instead")
+
+
+def resolve_checkpoint(cfg: DictConfig) -> str | None:
+    """The checkpoint to fit (or test) from, or None to start fresh. Removes temporary files a
+    killed save left in the run's checkpoint folder."""
+    resume = str(cfg.get("resume", "auto")).lower()
+    resume = {"true": "must", "false": "never"}.get(resume, resume)
+    if resume not in RESUME:
+        raise ValueError(f"resume={cfg.get('resume')!r} is not one of {RESUME}")
+    folder = checkpoint_dir(cfg)
+    remove_stale_temps(folder)
+    value = cfg.get("ckpt_path")
+    if value is None:
+        last = folder / "last.ckpt"
+        if not cfg.get("train") or resume == "never":
+            return None
+        if last.is_file():
+            log.info("resume=auto: continuing this run from %s", last)
+            return str(last)
+        if resume == "must":
+            raise FileNotFoundError(f"resume=must but {last} does not exist: run without "
+                                    "resume=must to start, or give ckpt_path=<checkpoint>")
+        return None
+    value = str(value)
+    if value == "hpc":
+        return value  # Lightning finds <run dir>/hpc_ckpt_<n>.ckpt (SLURM requeue)
+    if value == "last":
+        path = folder / "last.ckpt"
+    elif value == "best":
+        path = _best_of(folder)
+    else:
+        path = Path(value)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"ckpt_path={value}: {path} is not a file; give last, best or hpc (of this run "
+            "directory, e.g. with run_name=<name>) or a checkpoint written by a run, e.g. "
+            "logs/<task>/runs/<name>/checkpoints/last.ckpt")
+    return str(path)
+
+
+def logging_step(ckpt_path: str | None) -> int | None:
+    """The first logger step after the checkpoint, for TensorBoard's `purge_step`: events a
+    killed run wrote after its checkpoint are dropped, so curves go on without a gap or a
+    duplicated step. None when not resuming a Lightning checkpoint."""
+    if ckpt_path is None or not Path(ckpt_path).is_file():
+        return None
+    try:
+        state: dict[str, Any] = torch.load(ckpt_path, map_location="cpu", weights_only=True,
+                                           mmap=True)
+    except Exception as e:  # noqa: BLE001 - Lightning's own load will report a bad file
+        log.warning("could not read the logging step of %s (%s): curves may overlap", ckpt_path, e)
+        return None
+    loop = state.get("loops", {}).get("fit_loop", {}).get("epoch_loop.state_dict", {})
+    stepped = loop.get("_batches_that_stepped")
+    return None if stepped is None else int(stepped) + 1
+
+
+def keep_csv_rows(logger: CSVLogger, purge_step: int) -> None:
+    """Lightning's CSV logger deletes an existing metrics.csv when it starts: on a resume keep
+    the rows logged before the checkpoint (step < purge_step); they are written back first."""
+    path = Path(logger.log_dir) / "metrics.csv"
+    rows: list[dict[str, str]] = []
+    if path.is_file():
+        with path.open(newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("step", "").isdigit()
+                    and int(r["step"]) < purge_step]
+    writer = logger.experiment  # removes the old file
+    if rows:
+        writer.metrics_keys = sorted(rows[0].keys())
+        writer.metrics = [{k: v for k, v in r.items() if v != ""} for r in rows] + writer.metrics
