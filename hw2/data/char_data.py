@@ -55,7 +55,8 @@ class SlidingWindows(Dataset):
     def __len__(self) -> int:
         return self.count
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        i = key[1] if isinstance(key, tuple) else key  # (epoch, index) from EpochSampler
         chunk = self.ids[i * self.stride : i * self.stride + self.seq_len + 1]
         return chunk[:-1], chunk[1:]
 
