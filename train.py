@@ -8,11 +8,11 @@ from omegaconf import DictConfig
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from hw2.train import run  # after Hydra parsed the command line: --help stays fast
+    # after Hydra parsed the command line: --help stays fast
+    from hw2.sweep import run_job
+    from hw2.train import run
 
-    metrics = run(cfg)
-    metric = cfg.get("optimized_metric")
-    return metrics.get(metric) if metric else None
+    return run_job(cfg, run)  # sweeps: skip finished, resume interrupted, survive failures
 
 
 if __name__ == "__main__":
