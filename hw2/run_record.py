@@ -95,6 +95,10 @@ class RunRecord:
 
 
 def last_error_line(exc: BaseException) -> str:
+    """The last line of the innermost cause: Hydra's InstantiationException wraps the real error
+    and ends in `full_key: model`."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
     lines = traceback.format_exception_only(type(exc), exc)
     return (lines[-1] if lines else repr(exc)).strip().splitlines()[-1]
 
