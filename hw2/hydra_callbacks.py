@@ -29,7 +29,11 @@ class SweepReport(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from hw2.report import build_report, unfinished_jobs
 
-        sweep_dir = Path(config.hydra.sweep.dir)
+        from hydra.core.hydra_config import HydraConfig
+
+        if not HydraConfig.initialized():  # ${hydra:...} in the sweep dir needs it
+            HydraConfig.instance().set_config(config)
+        sweep_dir = Path(str(config.hydra.sweep.dir))
         if not sweep_dir.is_dir():
             return
         lines = [""]

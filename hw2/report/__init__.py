@@ -164,37 +164,36 @@ def charlm_samples(groups: list[Group], prime: str = "ROMEO", length: int = 300)
 
 
 def search_section(root: Path, fig_dir: Path) -> list[Block]:
-    """The Optuna study of a search (trials, best trial, objective against the trial)."""
+    """An Optuna search (`optuna_study.json`, written by the hw2 sweeper after every batch):
+    the best trial, every trial, and the objective against the trial number."""
     info_path = root / STUDY_FILE
     if not info_path.is_file():
         return []
     info = json.loads(info_path.read_text(encoding="utf-8"))
-    try:
-        import optuna
-
-        study = optuna.load_study(study_name=info["study_name"], storage=info["storage"])
-    except Exception as e:  # a moved database: still write the rest of the report
-        return [Heading("Search"), Para(f"study {info.get('study_name')} at "
-                                        f"{info.get('storage')} could not be read: {e}")]
-    trials = study.get_trials(deepcopy=False)
-    keys = sorted({k for t in trials for k in t.params})
-    rows = [[str(t.number), t.state.name, fmt(t.value), *[str(t.params.get(k, "-")) for k in keys]]
+    trials = info.get("trials", [])
+    metric, direction = str(info.get("metric")), str(info.get("direction"))
+    keys = sorted({k for t in trials for k in t["params"]})
+    rows = [[str(t["number"]), t["state"] + (" (process died, retried)" if t.get("stale") else ""),
+             fmt(t["value"]), *[fmt(v) if isinstance(v := t["params"].get(k), float) else
+                                str(v if v is not None else "-") for k in keys]]
             for t in trials]
-    blocks: list[Block] = [Heading(f"Search: study {study.study_name!r}"),
-                           Para(f"{info.get('metric')} ({study.direction.name.lower()}), storage "
-                                f"{info['storage']}; trial n ran in job directory {root}/<n>.")]
-    try:
-        bt = study.best_trial
-        blocks.append(Para(f"Best trial: #{bt.number}, {info.get('metric')} = {fmt(bt.value)}, "
-                           + ", ".join(f"{k}={v}" for k, v in bt.params.items())))
-    except ValueError:
+    blocks: list[Block] = [Heading(f"Search: study {info.get('study_name')!r}"),
+                           Para(f"{metric} ({direction}), storage {info.get('storage')}; "
+                                f"trial n ran in {root}/n; {len(trials)} trial(s), target "
+                                f"{info.get('n_trials')} finished.")]
+    done = [t for t in trials if t["state"] == "COMPLETE" and t["value"] is not None]
+    if done:
+        sign = 1 if direction == "minimize" else -1
+        bt = min(done, key=lambda t: sign * t["value"])
+        blocks.append(Para(f"Best trial: #{bt['number']}, {metric} = {fmt(bt['value'])}, "
+                           + ", ".join(f"{k}={v}" for k, v in bt["params"].items())))
+    else:
         blocks.append(Para("No trial has completed yet."))
     blocks.append(Table(["trial", "state", "objective", *keys], rows))
-    p = figures.objective_vs_trial([(t.number, t.value, t.state.name) for t in trials],
-                                   study.direction.name.lower(), str(info.get("metric")),
-                                   fig_dir / "search_objective.png")
+    p = figures.objective_vs_trial([(t["number"], t["value"], t["state"]) for t in trials],
+                                   direction, metric, fig_dir / "search_objective.png")
     if p:
-        blocks.append(Image(p, "objective against the trial number"))
+        blocks.append(Image(p, "objective against the trial number (red: best so far)"))
     return blocks
 
 
