@@ -27,9 +27,9 @@ class SweepReport(Callback):
         self.exit_nonzero_on_failure = exit_nonzero_on_failure
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from hw2.report import build_report, unfinished_jobs
-
         from hydra.core.hydra_config import HydraConfig
+
+        from hw2.report import build_report, unfinished_jobs
 
         if not HydraConfig.initialized():  # ${hydra:...} in the sweep dir needs it
             HydraConfig.instance().set_config(config)
