@@ -43,16 +43,20 @@ def in_multirun() -> bool:
         return False
 
 
+class SweepDirConflict(RuntimeError):
+    """The job directory holds another run: running into it would mix two runs' events."""
+
+
 def previous_attempt(out_dir: str | Path, overrides: list[str] | None) -> tuple[str, dict] | None:
-    """(status, record) of an earlier attempt of this same job in `out_dir`, or None when there is
-    none or the directory holds a run with other overrides (then it is simply run again)."""
+    """(status, record) of an earlier attempt of this same job in `out_dir`, or None when there
+    is none. A directory holding a run with other overrides is an error, not a restart."""
     record = read_record(out_dir)
     if not record:
         return None
     if overrides is not None and record.get("overrides") not in (None, overrides):
-        log.warning("%s holds a run with other overrides (%s): running this job anew", out_dir,
-                    record.get("overrides"))
-        return None
+        raise SweepDirConflict(
+            f"{out_dir} holds a run with other overrides {record.get('overrides')}, not this "
+            f"job's {overrides}: give this sweep its own hydra.sweep.dir=...")
     return status_of(record), record
 
 
@@ -67,6 +71,7 @@ def objective(metrics: Mapping[str, Any], metric: str | None) -> float | None:
 def run_job(cfg: DictConfig, train: Callable[[DictConfig], dict[str, float]]) -> float | None:
     """Run `train(cfg)` as one sweep job and return `cfg.optimized_metric` of its metrics.
 
+    - a job dir holding a different run stops the sweep (SweepDirConflict);
     - a finished earlier attempt with the same overrides is skipped (its recorded metrics count);
     - an interrupted one continues from `<job dir>/checkpoints/last.ckpt` (unless `ckpt_path` is
       set, or the config has a `resume` key, which then decides);
