@@ -148,4 +148,4 @@ def test_report_of_a_real_cnn_sweep(tmp_path: Path) -> None:
     assert ("test/misclassified" in best.images) == any(
         f == f"cnn_misclassified_{best.name}.png" for f in figs)
     md = (sweep_dir / "report.md").read_text()
-    assert "| model.l2=0 | 2/2 |" in md and "| model.l2=1e-2 | 2/2 |" in md
+    assert "| model.l2=0 | 2/2 |" in md and "| model.l2=0.01 | 2/2 |" in md

@@ -110,7 +110,7 @@ def metric_vs_key(groups: list[Group], key: str, metric: Metric, label: str,
                     label=rest or None)
     xs_all = [x for pts in lines.values() for x, _, _ in pts]
     positive = [x for x in xs_all if x > 0]
-    if positive and max(positive) / min(positive) >= 20:
+    if positive and max(positive) / min(positive) >= 10:
         if min(xs_all) <= 0:  # e.g. L2 weight 0: linear near zero, log above
             ax.set_xscale("symlog", linthresh=min(positive))
         else:
