@@ -90,6 +90,8 @@ def run_job(cfg: DictConfig, train: Callable[[DictConfig], dict[str, float]]) ->
             print(f"skipped (finished before): {out_dir}", flush=True)
             return objective(record.get("metrics") or {}, metric)
         last = out_dir / LAST_CKPT
+        if "SIGTERMException" in str(record.get("error")):  # recorded as failed before
+            status = "interrupted"
         if (status == "interrupted" and last.is_file() and cfg.get("ckpt_path") is None
                 and "resume" not in cfg):
             log.info("resuming interrupted job %s from %s", out_dir, last)
