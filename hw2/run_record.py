@@ -112,13 +112,11 @@ def recorded_run(run_dir: str | os.PathLike) -> Iterator[RunRecord]:
     except KeyboardInterrupt as e:
         record.end("interrupted", error=last_error_line(e) or "KeyboardInterrupt")
         raise
-    except Exception as e:
-        # Lightning turns SIGTERM (SLURM preemption, `timeout`) into SIGTERMException: resumable
+    except BaseException as e:
+        # Lightning turns SIGTERM (SLURM preemption, `timeout`) into SIGTERMException, a
+        # SystemExit: the run was stopped, not broken, and a re-run resumes it
         interrupted = type(e).__name__ == "SIGTERMException"
         record.end("interrupted" if interrupted else "failed", error=last_error_line(e))
-        raise
-    except BaseException as e:
-        record.end("failed", error=last_error_line(e))
         raise
     else:
         if record.data["status"] == "running":

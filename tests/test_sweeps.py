@@ -9,9 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, open_dict, read_write
 
+from hw2.config import compose_config
 from hw2.fileio import atomic_write_json
-from hw2.run_record import read_record, status_of
+from hw2.run_record import read_record, recorded_run, status_of
+from hw2.sweep import SweepDirConflict, job_overrides, run_job
 from tests.test_report import TINY_CHARLM, md_rows, sweep
 
 
@@ -66,3 +71,59 @@ def test_sweep_into_a_dir_of_another_sweep_stops(tmp_path: Path, small_text: Pat
     assert out.returncode != 0
     assert "holds a run with other overrides" in out.stderr + out.stdout
     assert (sweep_dir / "0" / "run.json").read_text() == before  # the old run is untouched
+
+
+def test_sigterm_is_recorded_as_interrupted(tmp_path: Path) -> None:
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    with pytest.raises(SIGTERMException), recorded_run(tmp_path):
+        raise SIGTERMException()
+    assert read_record(tmp_path)["status"] == "interrupted"
+    with pytest.raises(ValueError), recorded_run(tmp_path):
+        raise ValueError("bad value")
+    record = read_record(tmp_path)
+    assert record["status"] == "failed" and record["error"] == "ValueError: bad value"
+    assert record["attempts"] == 2
+
+
+def multirun_cfg(tmp_path: Path, overrides: list[str]) -> DictConfig:
+    """A job config as a multirun's launcher hands it over (Hydra's mode MULTIRUN)."""
+    cfg = compose_config([f"paths.root_dir={tmp_path}", *overrides], tmp_path / "job")
+    with read_write(cfg.hydra), open_dict(cfg.hydra):
+        cfg.hydra.mode = RunMode.MULTIRUN
+    HydraConfig().set_config(cfg)
+    return cfg
+
+
+def test_run_job_decides_from_the_record(tmp_path: Path) -> None:
+    """Fast: run_job's skip / retry / resume decisions with a stand-in for hw2.train.run that
+    records its run the same way."""
+    calls: list[str | None] = []
+
+    def train(cfg: DictConfig, fail: bool = False) -> dict[str, float]:
+        with recorded_run(cfg.paths.output_dir) as record:
+            record.update(overrides=job_overrides(), resumed_from=cfg.get("ckpt_path"))
+            calls.append(cfg.get("ckpt_path"))
+            if fail:
+                raise RuntimeError("loss is nan")
+            record.update(metrics={"best/val/bpc": 1.25})
+            return {"best/val/bpc": 1.25}
+
+    overrides = ["model.cell=gru", "+optimized_metric=best/val/bpc"]
+    job = tmp_path / "job"
+    assert run_job(multirun_cfg(tmp_path, overrides), lambda c: train(c, fail=True)) is None
+    assert read_record(job)["status"] == "failed"  # the sweep went on: nothing raised
+    assert run_job(multirun_cfg(tmp_path, overrides), train) == 1.25  # failed: run again
+    assert run_job(multirun_cfg(tmp_path, overrides), train) == 1.25  # finished: skipped
+    assert calls == [None, None] and read_record(job)["attempts"] == 2
+
+    record = read_record(job)  # killed mid-run, a last checkpoint on disk
+    record.update(status="running", pid=dead_pid())
+    atomic_write_json(job / "run.json", record)
+    (job / "checkpoints").mkdir()
+    (job / "checkpoints" / "last.ckpt").write_bytes(b"")
+    assert run_job(multirun_cfg(tmp_path, overrides), train) == 1.25
+    assert calls[-1] == str(job / "checkpoints" / "last.ckpt")
+
+    with pytest.raises(SweepDirConflict, match="holds a run with other overrides"):
+        run_job(multirun_cfg(tmp_path, ["model.cell=rnn"]), train)
