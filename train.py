@@ -16,17 +16,16 @@ def main(cfg: DictConfig) -> float | None:
 
     from hw2.checkpoints import CheckpointError  # after Hydra parsed the command line:
     from hw2.fileio import UnwritablePathError  # --help stays fast
+    from hw2.sweep import run_job
     from hw2.train import run
 
-    try:
-        metrics = run(cfg)
+    try:  # sweeps: skip finished jobs, resume interrupted ones, survive failures
+        return run_job(cfg, run)
     except (CheckpointError, UnwritablePathError) as e:  # the message says it all
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except SIGTERMException:
         sys.exit(SIGTERM_EXIT)  # pre-empted: last.ckpt saved, run.json says interrupted
-    metric = cfg.get("optimized_metric")
-    return metrics.get(metric) if metric else None
 
 
 if __name__ == "__main__":

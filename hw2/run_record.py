@@ -97,6 +97,10 @@ class RunRecord:
 
 
 def last_error_line(exc: BaseException) -> str:
+    """The last line of the innermost cause: Hydra's InstantiationException wraps the real error
+    and ends in `full_key: model`."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
     lines = traceback.format_exception_only(type(exc), exc)
     return (lines[-1] if lines else repr(exc)).strip().splitlines()[-1]
 
@@ -117,7 +121,10 @@ def recorded_run(run_dir: str | os.PathLike) -> Iterator[RunRecord]:
                    error="KeyboardInterrupt" if ctrl_c else f"exit {e.code}")
         raise
     except BaseException as e:
-        record.end("failed", error=last_error_line(e))
+        # Lightning turns SIGTERM (SLURM preemption, `timeout`) into SIGTERMException, a
+        # SystemExit: the run was stopped, not broken, and a re-run resumes it
+        interrupted = type(e).__name__ == "SIGTERMException"
+        record.end("interrupted" if interrupted else "failed", error=last_error_line(e))
         raise
     else:
         if record.data["status"] == "running":

@@ -19,6 +19,7 @@ from hw2.gpu_slots import claim_gpu
 from hw2.resume import keep_csv_rows, logging_step, resolve_checkpoint
 from hw2.run_record import recorded_run
 from hw2.runtime import fast_precision, tune_malloc
+from hw2.sweep import job_overrides
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> dict[st
     With `spread_gpus=true` (launcher=local_gpus) the job first locks a free GPU of this
     machine and trains on it alone."""
     with recorded_run(cfg.paths.output_dir) as record:
+        record.update(overrides=job_overrides(), resumed_from=cfg.get("ckpt_path"))
         if cfg.get("spread_gpus") and torch.cuda.is_available():
             with claim_gpu(Path(cfg.paths.log_dir) / ".gpu_locks",
                            torch.cuda.device_count()) as gpu:

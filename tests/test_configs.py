@@ -34,7 +34,8 @@ def targets(node: object) -> list[str]:
 
 
 GROUP_OPTIONS = [(g, o) for g in ("task", "data", "model", "trainer", "logger", "callbacks",
-                                  "debug", "experiment", "launcher") for o in options(g)]
+                                  "debug", "experiment", "launcher", "hparams_search")
+                 for o in options(g)]
 
 
 @pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in
@@ -49,6 +50,13 @@ def test_every_option_composes(group: str, option: str, tmp_path: Path) -> None:
     if base.hydra.runtime.choices.get(group) != option:
         # a non-default option must change the config (an empty or ignored file would not)
         assert _plain(cfg) != _plain(base), f"{group}={option} changes nothing"
+    assert cfg.trainer._target_ == "pytorch_lightning.Trainer"
+    if group == "experiment":  # every preset is a sweep: its swept keys exist in the config
+        for key in cfg.hydra.sweeper.params or {}:
+            assert OmegaConf.select(cfg, key, default="absent") != "absent", key
+    if group == "hparams_search":
+        assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper")
+        assert cfg.optimized_metric == f"best/{cfg.callbacks.model_checkpoint.monitor}"
     assert "_target_" in cfg.data and "_target_" in cfg.model
     for target in targets(cfg):
         try:

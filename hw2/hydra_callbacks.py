@@ -1,0 +1,56 @@
+"""Hydra callback: every multirun ends in its report and a summary of the jobs that failed.
+
+Wired in `conf/hydra/default.yaml` (`hydra.callbacks.sweep_report`). Jobs survive failures in
+`hw2.sweep.run_job`; here the sweep as a whole exits non-zero when any job did not finish, so
+scripts and CI see it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+
+class SweepReport(Callback):
+    """At the end of a multirun: `python -m hw2.report <sweep dir>`, then the failed jobs."""
+
+    def __init__(self, enabled: bool = True, samples: bool = True,
+                 exit_nonzero_on_failure: bool = True) -> None:
+        self.enabled, self.samples = enabled, samples
+        self.exit_nonzero_on_failure = exit_nonzero_on_failure
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        from hw2.report import build_report, unfinished_jobs
+
+        if not HydraConfig.initialized():  # ${hydra:...} in the sweep dir needs it
+            HydraConfig.instance().set_config(config)
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        if not sweep_dir.is_dir():
+            return
+        lines = [""]
+        if self.enabled:
+            try:
+                html = build_report(sweep_dir, samples=self.samples)
+                lines += [f"report: {html}", f"        {html.with_suffix('.md')}"]
+            except Exception as e:  # the jobs' results are on disk either way
+                log.exception("the sweep's report failed")
+                lines.append(f"report failed ({type(e).__name__}: {e}); retry: "
+                             f"python -m hw2.report {sweep_dir}")
+        bad = unfinished_jobs(sweep_dir)
+        if bad:
+            lines.append(f"{len(bad)} job(s) did not finish:")
+            lines += [f"  {d}: {status}{': ' + err if err else ''}" for d, status, err in bad]
+            lines.append("re-run the same command with hydra.sweep.dir="
+                         f"{sweep_dir} to run them again (finished jobs are skipped)")
+        print("\n".join(lines), flush=True)
+        if bad and self.exit_nonzero_on_failure:
+            sys.exit(1)  # SystemExit passes Hydra's callback guard: the sweep's exit status

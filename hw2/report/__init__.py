@@ -1,0 +1,236 @@
+"""The answer of a sweep: `python -m hw2.report <run dir | sweep dir | log dir>` writes
+`report.md`, a self-contained `report.html` and `report_figures/*.png` into that directory.
+
+One section per task: a table of every run (failed and unfinished ones included), the seed
+groups with mean, std and n, learning curves per group, the metric against numeric swept keys,
+weight histograms side by side, and the CNN's misclassified photos or the CharLM's samples.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from hw2.fileio import atomic_write_text
+from hw2.report import figures
+from hw2.report.groups import Group, compare, group_runs, primary_metric
+from hw2.report.render import Block, Heading, Image, Para, Pre, Table, to_html, to_markdown
+from hw2.report.runs import Run, differing_keys, find_run_dirs, load_runs
+from hw2.run_record import read_record, status_of
+
+log = logging.getLogger(__name__)
+
+FIG_DIR = "report_figures"
+STUDY_FILE = "optuna_study.json"  # written by the hw2 Optuna sweeper into its sweep dir
+LABEL = {"final_val": "final val", "best_val": "best val", "test": "test"}
+
+
+def fmt(x: float | int | None, digits: int = 4) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, int):
+        return f"{x:,}"
+    return f"{x:.{digits}f}" if math.isfinite(x) else str(x)
+
+
+def fmt_time(s: float | None) -> str:
+    if s is None:
+        return "-"
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
+
+
+def status_text(run: Run) -> str:
+    if run.status == "failed":
+        return f"failed: {run.error or '?'}"
+    if run.status == "interrupted":
+        return "interrupted" + (f": {run.error}" if run.error else "")
+    return run.status
+
+
+def run_table(runs: list[Run], keys: list[str]) -> Table:
+    m = runs[0].metric
+    headers = ["run", *keys, f"final {runs[0].monitor}", f"best {runs[0].monitor}", f"test/{m}",
+               "params", "steps", "wall", "attempts", "status"]
+    rows = [[r.name, *[r.value(k) for k in keys], fmt(r.final_val), fmt(r.best_val), fmt(r.test),
+             fmt(r.params), fmt(r.steps), fmt_time(r.wall_s), str(r.attempts), status_text(r)]
+            for r in runs]
+    return Table(headers, rows)
+
+
+def group_table(groups: list[Group], mode: str, metric_name: str) -> tuple[Table, str]:
+    primary = primary_metric(groups)
+    comps = compare(groups, primary, mode)
+    headers = ["group", "n", *[f"{LABEL[m]} {metric_name} mean ± std" for m in
+                               ("final_val", "best_val", "test")],
+               f"Δ {LABEL[primary]} vs best"]
+    rows = []
+    for g, c in zip(groups, comps, strict=True):
+        cells = []
+        for m in ("final_val", "best_val", "test"):
+            s = g.stat(m)  # type: ignore[arg-type]
+            cells.append("-" if s is None else
+                         f"{s.mean:.4f} ± {fmt(s.std)}" if s.std is not None else
+                         f"{s.mean:.4f} (n=1)")
+        if c.is_best:
+            verdict = "best"
+        elif c.delta is None:
+            verdict = "-"
+        elif c.within_spread is None:
+            verdict = f"{c.delta:+.4f} (spread unknown: n=1)"
+        elif c.within_spread:
+            verdict = f"{c.delta:+.4f} ⚠ within seed spread"
+        else:
+            verdict = f"{c.delta:+.4f} beyond seed spread"
+        rows.append([g.label, f"{len(g.finished)}/{len(g.runs)}", *cells, verdict])
+    return Table(headers, rows), primary
+
+
+def section(task: str, runs: list[Run], fig_dir: Path, group_by: Sequence[str] | None,
+            samples: bool) -> list[Block]:
+    blocks: list[Block] = [Heading(f"{task}: {len(runs)} run(s)")]
+    keys = differing_keys(runs)
+    gkeys = list(group_by) if group_by is not None else [k for k in keys if k != "seed"]
+    groups = group_runs(runs, gkeys)
+    mode, metric = runs[0].mode, runs[0].metric
+    counts = {s: sum(r.status == s for r in runs) for s in
+              ("finished", "failed", "interrupted", "running")}
+    blocks.append(Para(f"Swept keys: {', '.join(keys) or 'none'}; grouped by "
+                       f"{', '.join(gkeys) or 'nothing (one group)'}; checkpoint metric "
+                       f"{runs[0].monitor} ({mode}). "
+                       + ", ".join(f"{n} {s}" for s, n in counts.items() if n)))
+    blocks.append(run_table(runs, keys))
+    table, primary = group_table(groups, mode, metric)
+    blocks += [Heading("Groups (mean ± sample std over seeds, finished runs)", 3), table,
+               Para("⚠ marks a group whose difference to the best group is no larger than the "
+                    "spread over seeds (the larger standard deviation of the two): not a "
+                    "difference the runs can show.")]
+    figs: list[Image] = []
+    p = figures.learning_curves(groups, metric, fig_dir / f"{task}_curves.png")
+    if p:
+        figs.append(Image(p, f"{task}: learning curves, one colour per group"))
+    for key in figures.numeric_keys(groups):
+        safe = key.replace("/", "_")
+        p = figures.metric_vs_key(groups, key, primary, f"{LABEL[primary]} {metric}",
+                                  fig_dir / f"{task}_{metric}_vs_{safe}.png")
+        if p:
+            figs.append(Image(p, f"{task}: {LABEL[primary]} {metric} against {key}, "
+                                 "error bars = std over seeds"))
+    reps = [(g.label, r) for g in groups if (r := g.best_run()) is not None][:6]
+    p = figures.weight_histograms(reps, fig_dir / f"{task}_weight_histograms.png")
+    if p:
+        figs.append(Image(p, f"{task}: per-layer weight histograms of the last epoch, best run "
+                             "of each group side by side"))
+    if figs:
+        blocks.append(Heading("Figures", 3))
+        blocks += figs
+    best = Group((), runs).best_run()
+    if task == "cnn" and best is not None and "test/misclassified" in best.images:
+        path = fig_dir / f"{task}_misclassified_{best.name}.png"
+        path.write_bytes(best.images["test/misclassified"])
+        blocks.append(Image(path, f"misclassified test photos of the best run ({best.path})"))
+    if task == "charlm" and samples:
+        blocks += charlm_samples(groups)
+    return blocks
+
+
+def best_checkpoint(run: Run) -> Path | None:
+    ckpts = sorted((run.path / "checkpoints").glob("*.ckpt"))
+    best = [c for c in ckpts if c.name != "last.ckpt"]
+    return (best or ckpts or [None])[-1]
+
+
+def charlm_samples(groups: list[Group], prime: str = "ROMEO", length: int = 300) -> list[Block]:
+    """A sample from each group's best checkpoint (seeded: comparable between groups)."""
+    from hw2.generate import generate
+
+    blocks: list[Block] = [Heading(f"Samples primed with {prime!r} (best checkpoint of each "
+                                   "group, temperature 0.8, seed 0)", 3)]
+    for g in groups:
+        run = g.best_run()
+        ckpt = best_checkpoint(run) if run else None
+        if ckpt is None:
+            blocks.append(Pre(g.label, "(no checkpoint)"))
+            continue
+        try:
+            text = generate(ckpt, prime=prime, length=length, temperature=0.8, seed=0)
+        except Exception as e:  # a sample is illustration: report why it is missing, go on
+            text = f"(no sample: {type(e).__name__}: {e})"
+        blocks.append(Pre(f"{g.label} — {ckpt}", text))
+    return blocks
+
+
+def search_section(root: Path, fig_dir: Path) -> list[Block]:
+    """An Optuna search (`optuna_study.json`, written by the hw2 sweeper after every batch):
+    the best trial, every trial, and the objective against the trial number."""
+    info_path = root / STUDY_FILE
+    if not info_path.is_file():
+        return []
+    info = json.loads(info_path.read_text(encoding="utf-8"))
+    trials = info.get("trials", [])
+    metric, direction = str(info.get("metric")), str(info.get("direction"))
+    keys = sorted({k for t in trials for k in t["params"]})
+    rows = [[str(t["number"]), t["state"] + (" (process died, retried)" if t.get("stale") else ""),
+             fmt(t["value"]), *[fmt(v) if isinstance(v := t["params"].get(k), float) else
+                                str(v if v is not None else "-") for k in keys]]
+            for t in trials]
+    blocks: list[Block] = [Heading(f"Search: study {info.get('study_name')!r}"),
+                           Para(f"{metric} ({direction}), storage {info.get('storage')}; "
+                                f"trial n ran in {root}/n; {len(trials)} trial(s), target "
+                                f"{info.get('n_trials')} finished.")]
+    done = [t for t in trials if t["state"] == "COMPLETE" and t["value"] is not None]
+    if done:
+        sign = 1 if direction == "minimize" else -1
+        bt = min(done, key=lambda t: sign * t["value"])
+        blocks.append(Para(f"Best trial: #{bt['number']}, {metric} = {fmt(bt['value'])}, "
+                           + ", ".join(f"{k}={v}" for k, v in bt["params"].items())))
+    else:
+        blocks.append(Para("No trial has completed yet."))
+    blocks.append(Table(["trial", "state", "objective", *keys], rows))
+    p = figures.objective_vs_trial([(t["number"], t["value"], t["state"]) for t in trials],
+                                   direction, metric, fig_dir / "search_objective.png")
+    if p:
+        blocks.append(Image(p, "objective against the trial number (red: best so far)"))
+    return blocks
+
+
+def build_report(root: str | Path, group_by: Sequence[str] | None = None,
+                 samples: bool = True) -> Path:
+    """Write the report of every run under `root`; returns the path of `report.html`."""
+    root = Path(root).resolve()
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a directory: give a run, sweep or log directory "
+                                "(e.g. logs/charlm/multiruns/<time>)")
+    runs = load_runs(root)
+    fig_dir = root / FIG_DIR
+    fig_dir.mkdir(exist_ok=True)
+    blocks: list[Block] = [Heading(f"Report: {root}", 1),
+                           Para(f"{len(runs)} run(s), written {time.strftime('%Y-%m-%d %H:%M:%S')}"
+                                " by `python -m hw2.report`.")]
+    if not runs:
+        blocks.append(Para("No runs found (a run directory holds .hydra/config.yaml)."))
+    tasks: dict[str, list[Run]] = {}
+    for run in runs:
+        tasks.setdefault(run.task, []).append(run)
+    for task, task_runs in tasks.items():
+        blocks += section(task, task_runs, fig_dir, group_by, samples)
+    blocks += search_section(root, fig_dir)
+    atomic_write_text(root / "report.md", to_markdown(blocks, root))
+    html_path = root / "report.html"
+    atomic_write_text(html_path, to_html(blocks, f"hw2 report: {root.name}"))
+    return html_path
+
+
+def unfinished_jobs(root: str | Path) -> list[tuple[Path, str, str]]:
+    """(run dir, status, last error line) of every run under `root` that did not finish, from
+    the runs' own records (cheap: no events are read)."""
+    out = []
+    for run_dir in find_run_dirs(Path(root)):
+        record = read_record(run_dir)
+        status = status_of(record) if record else "unknown"
+        if status not in ("finished", "running"):
+            out.append((run_dir, status, str((record or {}).get("error") or "")))
+    return out

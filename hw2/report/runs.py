@@ -1,0 +1,226 @@
+"""Find the runs under a directory and read what a report needs from each: its composed config
+(`.hydra/`), its record (`run.json`) and its TensorBoard events."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from hw2.run_record import read_record, status_of
+
+SKIP_PARTS = {".submitit", "report_figures", "checkpoints", "tensorboard"}
+
+
+@dataclass
+class Histogram:
+    """The last histogram of one parameter: bucket right edges and counts."""
+
+    step: int
+    lo: float
+    hi: float
+    num: int
+    limits: list[float]
+    counts: list[float]
+
+
+@dataclass
+class Run:
+    path: Path
+    task: str
+    config: DictConfig
+    choices: dict[str, str]
+    overrides: list[str]
+    record: dict[str, Any] | None
+    status: str
+    monitor: str  # e.g. val/bpc
+    mode: str  # min | max
+    scalars: dict[str, list[tuple[int, float, float]]] = field(default_factory=dict)
+    histograms: dict[str, Histogram] = field(default_factory=dict)
+    images: dict[str, bytes] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def metric(self) -> str:
+        """`bpc` / `acc`: the task's metric, from the checkpoint monitor."""
+        return self.monitor.split("/", 1)[-1]
+
+    def values(self, tag: str) -> list[float]:
+        return [v for _, _, v in self.scalars.get(tag, [])]
+
+    @property
+    def final_val(self) -> float | None:
+        vals = self.values(self.monitor)
+        return vals[-1] if vals else None
+
+    @property
+    def best_val(self) -> float | None:
+        vals = [v for v in self.values(self.monitor) if math.isfinite(v)]
+        if not vals:
+            return None
+        return min(vals) if self.mode == "min" else max(vals)
+
+    @property
+    def test(self) -> float | None:
+        vals = self.values(f"test/{self.metric}")
+        return vals[-1] if vals else None
+
+    @property
+    def params(self) -> int | None:
+        """Parameter count: the elements of the last histogram of every parameter."""
+        nums = [h.num for tag, h in self.histograms.items() if tag.startswith("params/")]
+        return int(sum(nums)) if nums else None
+
+    @property
+    def steps(self) -> int | None:
+        steps = [s for tag, pts in self.scalars.items() if not tag.startswith("hp/")
+                 for s, _, _ in pts]
+        return max(steps) if steps else None
+
+    @property
+    def wall_s(self) -> float | None:
+        """Seconds of the last attempt (still counting while it runs)."""
+        rec = self.record or {}
+        start = rec.get("started")
+        if start is None:
+            return None
+        end = rec.get("ended") or (time.time() if self.status == "running" else None)
+        return None if end is None else float(end) - float(start)
+
+    @property
+    def error(self) -> str | None:
+        return (self.record or {}).get("error")
+
+    @property
+    def attempts(self) -> int:
+        return int((self.record or {}).get("attempts", 0))
+
+    def value(self, key: str) -> str:
+        """This run's value of a swept key: a config group choice, an override, or the config."""
+        if key in self.choices:
+            return str(self.choices[key])
+        for ov in self.overrides:
+            k, sep, v = ov.lstrip("+~").partition("=")
+            if sep and k == key:
+                return v
+        try:
+            found = OmegaConf.select(self.config, key, default=None, throw_on_missing=False)
+        except Exception:  # unresolvable interpolation (${hydra:...}) outside Hydra
+            found = None
+        return "-" if found is None or isinstance(found, DictConfig) else str(found)
+
+
+def find_run_dirs(root: Path) -> list[Path]:
+    """Every directory under `root` (or `root` itself) holding a composed config."""
+    root = Path(root)
+    found = []
+    for cfg in sorted(root.rglob(".hydra/config.yaml")):
+        run_dir = cfg.parent.parent
+        if not SKIP_PARTS.intersection(run_dir.relative_to(root).parts):
+            found.append(run_dir)
+    return sorted(found, key=sort_key)
+
+
+def sort_key(path: Path) -> tuple:
+    """Job directories 0, 1, ..., 10 in numeric order."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in path.parts)
+
+
+def _choices(run_dir: Path) -> dict[str, str]:
+    path = run_dir / ".hydra" / "hydra.yaml"
+    if not path.is_file():
+        return {}
+    node = OmegaConf.select(OmegaConf.load(path), "hydra.runtime.choices", default=None)
+    if node is None:
+        return {}
+    return {str(k): str(v) for k, v in node.items() if not str(k).startswith("hydra")}
+
+
+def _task(config: DictConfig, choices: dict[str, str]) -> str:
+    if "task" in choices:
+        return choices["task"]
+    target = str(OmegaConf.select(config, "model._target_", default="") or "")
+    return "charlm" if "charlm" in target.lower() else "cnn" if target else "unknown"
+
+
+def read_events(tb_dir: Path, run: Run) -> None:
+    """Scalars (all points), the last histogram and the last image of every tag, merged over the
+    run's event files (several per run: fit, test, hparams, resumed attempts)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    guidance = {"scalars": 0, "histograms": 1, "images": 1, "tensors": 1,
+                "compressedHistograms": 1, "audio": 1}
+    scalars: dict[str, dict[int, tuple[float, float]]] = {}
+    last_hist: dict[str, tuple[float, Histogram]] = {}
+    last_img: dict[str, tuple[float, bytes]] = {}
+    for path in sorted(tb_dir.rglob("events.out.tfevents*")):
+        acc = EventAccumulator(str(path), size_guidance=guidance)
+        acc.Reload()
+        tags = acc.Tags()
+        for tag in tags.get("scalars", []):
+            points = scalars.setdefault(tag, {})
+            for ev in acc.Scalars(tag):  # a resumed attempt re-logs steps: the later one wins
+                if ev.step not in points or points[ev.step][0] <= ev.wall_time:
+                    points[ev.step] = (ev.wall_time, ev.value)
+        for tag in tags.get("histograms", []):
+            ev = acc.Histograms(tag)[-1]
+            hv = ev.histogram_value
+            if tag not in last_hist or last_hist[tag][0] <= ev.wall_time:
+                last_hist[tag] = (ev.wall_time, Histogram(
+                    ev.step, hv.min, hv.max, int(hv.num), list(hv.bucket_limit), list(hv.bucket)))
+        for tag in tags.get("images", []):
+            ev = acc.Images(tag)[-1]
+            if tag not in last_img or last_img[tag][0] <= ev.wall_time:
+                last_img[tag] = (ev.wall_time, ev.encoded_image_string)
+    run.scalars = {t: [(s, w, v) for s, (w, v) in sorted(p.items())] for t, p in scalars.items()}
+    run.histograms = {t: h for t, (_, h) in last_hist.items()}
+    run.images = {t: b for t, (_, b) in last_img.items()}
+
+
+def load_run(run_dir: Path) -> Run:
+    run_dir = Path(run_dir)
+    config = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    assert isinstance(config, DictConfig)
+    ov_path = run_dir / ".hydra" / "overrides.yaml"
+    overrides = [str(o) for o in OmegaConf.load(ov_path)] if ov_path.is_file() else []
+    choices = _choices(run_dir)
+    task = _task(config, choices)
+    record = read_record(run_dir)
+    monitor = OmegaConf.select(config, "callbacks.model_checkpoint.monitor", default=None)
+    mode = OmegaConf.select(config, "callbacks.model_checkpoint.mode", default=None)
+    if not isinstance(monitor, str) or monitor == "???":
+        monitor, mode = ("val/bpc", "min") if task == "charlm" else ("val/acc", "max")
+    run = Run(run_dir, task, config, choices, overrides, record,
+              status_of(record) if record else "unknown", monitor, str(mode or "min"))
+    tb = run_dir / "tensorboard"
+    if tb.is_dir():
+        read_events(tb, run)
+    return run
+
+
+def load_runs(root: Path) -> list[Run]:
+    return [load_run(d) for d in find_run_dirs(root)]
+
+
+def override_keys(runs: Iterable[Run]) -> list[str]:
+    """Keys set on the command line or by a sweep in any run, in first-seen order."""
+    keys: dict[str, None] = {}
+    for run in runs:
+        for ov in run.overrides:
+            k, sep, _ = ov.lstrip("+~").partition("=")
+            if sep and not k.startswith("hydra."):
+                keys[k] = None
+    return list(keys)
+
+
+def differing_keys(runs: list[Run]) -> list[str]:
+    """The override keys whose value is not the same in every run."""
+    return [k for k in override_keys(runs) if len({r.value(k) for r in runs}) > 1]

@@ -1,0 +1,106 @@
+"""One sweep job that survives: a re-run skips it when it finished, resumes it when it was
+interrupted, and (in a multirun) a failure ends only this job, not the sweep.
+
+The decisions are made from the job's own record (`run.json`, `hw2/run_record.py`), written by
+the previous attempt, never from log text. The record keeps the job's overrides, so a job
+directory that holds a different run is not mistaken for this one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, open_dict
+
+from hw2.run_record import read_record, status_of
+
+log = logging.getLogger(__name__)
+
+LAST_CKPT = Path("checkpoints") / "last.ckpt"
+
+
+def job_overrides() -> list[str] | None:
+    """The current Hydra job's overrides (command line + sweep values); None outside Hydra."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task)
+    except (ValueError, AttributeError):
+        return None
+
+
+def in_multirun() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except (ValueError, AttributeError):
+        return False
+
+
+class SweepDirConflict(RuntimeError):
+    """The job directory holds another run: running into it would mix two runs' events."""
+
+
+def previous_attempt(out_dir: str | Path, overrides: list[str] | None) -> tuple[str, dict] | None:
+    """(status, record) of an earlier attempt of this same job in `out_dir`, or None when there
+    is none. A directory holding a run with other overrides is an error, not a restart."""
+    record = read_record(out_dir)
+    if not record:
+        return None
+    if overrides is not None and record.get("overrides") not in (None, overrides):
+        raise SweepDirConflict(
+            f"{out_dir} holds a run with other overrides {record.get('overrides')}, not this "
+            f"job's {overrides}: give this sweep its own hydra.sweep.dir=...")
+    return status_of(record), record
+
+
+def objective(metrics: Mapping[str, Any], metric: str | None) -> float | None:
+    """The value a sweeper optimises (`optimized_metric`); None when absent or not finite."""
+    if not metric or metric not in metrics:
+        return None
+    value = float(metrics[metric])
+    return value if math.isfinite(value) else None
+
+
+def run_job(cfg: DictConfig, train: Callable[[DictConfig], dict[str, float]]) -> float | None:
+    """Run `train(cfg)` as one sweep job and return `cfg.optimized_metric` of its metrics.
+
+    - a job dir holding a different run stops the sweep (SweepDirConflict);
+    - a finished earlier attempt with the same overrides is skipped (its recorded metrics count);
+    - an interrupted one continues from `<job dir>/checkpoints/last.ckpt` (unless `ckpt_path` is
+      set, or the config has a `resume` key, which then decides);
+    - in a multirun an exception is logged and recorded (`run.json`: failed + its last line) and
+      the sweep goes on; the sweep's end reports it and exits non-zero (hw2/hydra_callbacks.py).
+      A single run still raises.
+    """
+    out_dir = Path(cfg.paths.output_dir)
+    metric = cfg.get("optimized_metric")
+    multirun = in_multirun()
+    previous = previous_attempt(out_dir, job_overrides()) if multirun else None
+    if previous is not None:
+        status, record = previous
+        if status == "finished" and cfg.get("skip_finished", True):
+            log.info("skipping %s: finished in an earlier attempt (run.json)", out_dir)
+            print(f"skipped (finished before): {out_dir}", flush=True)
+            return objective(record.get("metrics") or {}, metric)
+        last = out_dir / LAST_CKPT
+        if "SIGTERMException" in str(record.get("error")):  # recorded as failed before
+            status = "interrupted"
+        if (status == "interrupted" and last.is_file() and cfg.get("ckpt_path") is None
+                and "resume" not in cfg):
+            log.info("resuming interrupted job %s from %s", out_dir, last)
+            with open_dict(cfg):
+                cfg.ckpt_path = str(last)
+    if not multirun:
+        return objective(train(cfg), metric)
+    try:
+        return objective(train(cfg), metric)
+    except Exception:  # KeyboardInterrupt still stops the sweep (recorded as interrupted)
+        log.exception("sweep job %s failed; the sweep goes on", out_dir)
+        return None

@@ -1,0 +1,219 @@
+"""`hydra/sweeper=hw2_optuna`: an Optuna search driven by Hydra's config and override syntax.
+
+Why not hydra-optuna-sweeper: 1.3.0 pins optuna<3 and fails on any RDB storage under
+SQLAlchemy 2, its 1.4 line needs pre-release hydra-core. This is a thin layer over
+`optuna.create_study(..., load_if_exists=True)` + ask/tell:
+
+- search space from `hydra.sweeper.params` and sweep overrides of the command line, in the
+  optuna sweeper's syntax: `a,b,c` / `choice(a,b)` (categorical), `range(1,9,2)` (int/float
+  steps), `interval(1e-4,1e-1)` (float), `tag(log, interval(...))`, `tag(int, interval(2,8))`;
+- the study lives in `storage` (default `sqlite:///<sweep dir>/optuna.db`, any SQLAlchemy URL):
+  re-running the command continues it up to `n_trials` finished trials, several processes can
+  share it (each counts the others' running trials);
+- each trial is one job of the configured launcher (`launcher=local_gpus`: one GPU per trial),
+  in `<sweep dir>/<trial number>/`; a failed job is a FAIL trial, the search goes on;
+- a trial left RUNNING by a process that died on this host is marked FAIL and its parameters
+  are queued again;
+- after every batch `<sweep dir>/optuna_study.json` lists the trials for `python -m hw2.report`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
+from hydra.core.plugins import Plugins
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+from optuna.trial import TrialState
+
+from hw2.fileio import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+STUDY_FILE = "optuna_study.json"
+STALE = "hw2_stale"  # user attr of a trial whose process died: not counted towards n_trials
+
+
+def distribution(override: Override) -> BaseDistribution | None:
+    """The Optuna distribution of one sweep override; None for a plain value."""
+    if not override.is_sweep_override():
+        return None
+    value = override.value()
+    tags = set(getattr(value, "tags", ()) or ())
+    if isinstance(value, ChoiceSweep):
+        return CategoricalDistribution(list(value.list))
+    if isinstance(value, RangeSweep):
+        assert value.start is not None and value.stop is not None
+        items = list(value.range())
+        if all(isinstance(x, int) for x in (value.start, value.stop, value.step)):
+            return IntDistribution(int(items[0]), int(items[-1]), step=int(value.step))
+        return FloatDistribution(float(items[0]), float(items[-1]), step=float(value.step))
+    if isinstance(value, IntervalSweep):
+        assert value.start is not None and value.end is not None
+        if "int" in tags:
+            return IntDistribution(int(value.start), int(value.end), log="log" in tags)
+        return FloatDistribution(float(value.start), float(value.end), log="log" in tags)
+    raise ValueError(f"{override.input_line}: not a search space optuna can sample "
+                     "(use a,b / choice(...) / range(...) / interval(...))")
+
+
+def search_space(params: dict[str, Any] | None, arguments: Sequence[str]
+                 ) -> tuple[dict[str, BaseDistribution], list[str]]:
+    """(distributions, fixed overrides) from `hydra.sweeper.params` and the command line (which
+    wins for a key given in both)."""
+    lines = [f"{k}={v}" for k, v in (params or {}).items()] + list(arguments)
+    space: dict[str, BaseDistribution] = {}
+    fixed: dict[str, str] = {}
+    for ov in OverridesParser.create().parse_overrides(lines):
+        key = ov.get_key_element()
+        space.pop(key, None)
+        fixed.pop(key, None)
+        dist = distribution(ov)
+        if dist is None:
+            fixed[key] = ov.input_line
+        else:
+            space[key] = dist
+    return space, list(fixed.values())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class OptunaSweeper(Sweeper):
+    def __init__(self, sampler: Any = None, direction: str = "minimize",
+                 study_name: str | None = None, storage: str | None = None, n_trials: int = 20,
+                 n_jobs: int = 1, params: dict[str, Any] | None = None) -> None:
+        self.sampler_cfg, self.direction = sampler, direction
+        self.study_name, self.storage = study_name, storage
+        self.n_trials, self.n_jobs = int(n_trials), max(1, int(n_jobs))
+        self.params = OmegaConf.to_container(params) if isinstance(params, DictConfig) else params
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
+              config: DictConfig) -> None:
+        self.config, self.hydra_context = config, hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def _sampler(self, n_existing: int) -> optuna.samplers.BaseSampler:
+        """The configured sampler; its seed is shifted by the trials already in the study, so a
+        continued search does not replay the first trials' random draws."""
+        cfg = self.sampler_cfg
+        if cfg is None:
+            return optuna.samplers.TPESampler(seed=n_existing or None)
+        if isinstance(cfg, optuna.samplers.BaseSampler):
+            return cfg
+        kwargs = {}
+        if cfg.get("seed") is not None:
+            kwargs["seed"] = int(cfg.seed) + n_existing
+        return instantiate(cfg, **kwargs)
+
+    def _release_stale(self, study: optuna.Study) -> None:
+        """RUNNING trials of a process on this host that is gone: FAIL, parameters queued again."""
+        host = socket.gethostname()
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            pid = t.user_attrs.get("pid")
+            if t.user_attrs.get("host") != host or not isinstance(pid, int) or _alive(pid):
+                continue
+            log.warning("trial %d was left running by a dead process (pid %d): queued again",
+                        t.number, pid)
+            study._storage.set_trial_user_attr(t._trial_id, STALE, True)
+            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+
+    def _counted(self, study: optuna.Study) -> int:
+        """Finished trials (not stale) plus those other processes are running now."""
+        states = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED, TrialState.RUNNING)
+        return sum(1 for t in study.get_trials(deepcopy=False, states=states)
+                   if not t.user_attrs.get(STALE))
+
+    def _write_summary(self, study: optuna.Study, metric: str | None) -> None:
+        from sqlalchemy.engine import make_url
+
+        try:
+            shown = make_url(self.storage_url).render_as_string(hide_password=True)
+        except Exception:
+            shown = self.storage_url
+        trials = [{"number": t.number, "state": t.state.name, "value": t.value,
+                   "params": t.params, "stale": bool(t.user_attrs.get(STALE))}
+                  for t in study.get_trials(deepcopy=False)]
+        atomic_write_json(self.sweep_dir / STUDY_FILE, {
+            "study_name": study.study_name, "storage": shown, "metric": metric,
+            "direction": self.direction, "n_trials": self.n_trials, "trials": trials})
+
+    def sweep(self, arguments: list[str]) -> Any:
+        # the sweep dir may use ${hydra:...} (task_name): Hydra sets its config only per job
+        HydraConfig.instance().set_config(self.config)
+        self.sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        space, fixed = search_space(self.params, arguments)
+        if not space:
+            raise ValueError("hydra.sweeper.params is empty: give a search space, e.g. "
+                             "hydra.sweeper.params.model.optimizer.lr='tag(log,interval(1e-4,1e-2))'")
+        self.storage_url = self.storage or f"sqlite:///{(self.sweep_dir / 'optuna.db').resolve()}"
+        name = self.study_name or "search"
+        metric = self.config.get("optimized_metric")
+        study = optuna.create_study(study_name=name, storage=self.storage_url,
+                                    direction=self.direction, load_if_exists=True)
+        study.sampler = self._sampler(len(study.trials))
+        log.info("study %r in %s: %d trial(s) so far, target %d finished", name,
+                 self.storage_url, len(study.trials), self.n_trials)
+        self._release_stale(study)
+        while (left := self.n_trials - self._counted(study)) > 0:
+            trials = [study.ask(space) for _ in range(min(self.n_jobs, left))]
+            for t in trials:
+                t.set_user_attr("host", socket.gethostname())
+                t.set_user_attr("pid", os.getpid())
+            batch = [fixed + [f"{k}={v}" for k, v in t.params.items()] for t in trials]
+            self.validate_batch_is_legal(batch)
+            returns: list[Any] = []
+            start = 0  # one launch per run of consecutive trial numbers: job dir = trial number
+            for i in range(1, len(trials) + 1):
+                if i == len(trials) or trials[i].number != trials[i - 1].number + 1:
+                    returns += self.launcher.launch(batch[start:i],
+                                                    initial_job_idx=trials[start].number)
+                    start = i
+            for t, ret in zip(trials, returns, strict=True):
+                try:
+                    value = ret.return_value
+                except Exception as e:  # the job raised (a launcher that does not catch)
+                    log.warning("trial %d failed: %s", t.number, e)
+                    value = None
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    study.tell(t, float(value))
+                else:
+                    study.tell(t, state=TrialState.FAIL)
+            self._write_summary(study, metric)
+        self._write_summary(study, metric)
+        try:
+            best = study.best_trial
+            print(f"best trial #{best.number}: {metric} = {best.value:.4f} "
+                  f"{best.params} (study {name!r}, {self.storage_url})", flush=True)
+            return best.value
+        except ValueError:
+            print(f"no trial of study {name!r} completed", flush=True)
+            return None

@@ -1,0 +1,151 @@
+"""The sweep report: seed statistics against a hand computation (fast, synthetic runs) and a
+report on a tiny real sweep of each task whose numbers equal the event files' (slow)."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from hw2.report import build_report, group_table
+from hw2.report.groups import Group, compare, group_runs
+from hw2.report.runs import Run, load_runs
+from tests.conftest import ROOT
+from tests.test_cnn_train import make_photos
+
+
+def fake_run(tmp_path: Path, name: str, cell: str, seed: int, test_bpc: float) -> Run:
+    """A finished CharLM run whose only numbers are its test BPC (the statistics' input)."""
+    cfg = OmegaConf.create({"seed": seed, "model": {"cell": cell}})
+    run = Run(tmp_path / name, "charlm", cfg, {}, [f"model.cell={cell}", f"seed={seed}"],
+              {"status": "finished"}, "finished", "val/bpc", "min")
+    run.scalars = {"val/bpc": [(10, 0.0, test_bpc + 0.1)], "test/bpc": [(11, 0.0, test_bpc)]}
+    return run
+
+
+def test_seed_mean_std_and_spread_flag_by_hand(tmp_path: Path) -> None:
+    runs = [fake_run(tmp_path, "0", "lstm", 1, 2.0), fake_run(tmp_path, "1", "lstm", 2, 2.5),
+            fake_run(tmp_path, "2", "lstm", 3, 3.5), fake_run(tmp_path, "3", "rnn", 1, 2.9),
+            fake_run(tmp_path, "4", "rnn", 2, 3.1), fake_run(tmp_path, "5", "gru", 1, 5.0),
+            fake_run(tmp_path, "6", "gru", 2, 5.2)]
+    groups = group_runs(runs, ["model.cell"])
+    assert [g.label for g in groups] == ["model.cell=lstm", "model.cell=rnn", "model.cell=gru"]
+    lstm = groups[0].stat("test")
+    # by hand: mean (2 + 2.5 + 3.5) / 3 = 2.6667; deviations -2/3, -1/6, 5/6;
+    # sample variance (4/9 + 1/36 + 25/36) / 2 = 7/12
+    assert lstm is not None and lstm.n == 3
+    assert lstm.mean == pytest.approx(8 / 3)
+    assert lstm.std == pytest.approx(math.sqrt(7 / 12))
+    rnn = groups[1].stat("test")
+    assert rnn is not None and rnn.mean == pytest.approx(3.0)
+    assert rnn.std == pytest.approx(math.sqrt(0.02))  # (0.01 + 0.01) / 1
+    comps = compare(groups, "test", "min")
+    assert comps[0].is_best
+    # rnn is 0.333 worse, less than lstm's spread 0.764: flagged; gru is 2.43 worse: not
+    assert comps[1].delta == pytest.approx(1 / 3) and comps[1].within_spread is True
+    assert comps[2].within_spread is False
+    table, primary = group_table(groups, "min", "bpc")
+    assert primary == "test"
+    assert table.rows[0][1] == "3/3" and "2.6667 ± 0.7638" in table.rows[0]
+    assert "⚠" in table.rows[1][-1] and "⚠" not in table.rows[2][-1]
+
+
+def event_numbers(run_dir: Path, metric: str, mode: str) -> dict[str, float]:
+    """Final/best validation and test metric, read straight from the run's event files."""
+    val: dict[int, float] = {}
+    test: list[float] = []
+    for f in sorted((run_dir / "tensorboard").glob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(f), size_guidance={"scalars": 0})
+        acc.Reload()
+        tags = acc.Tags()["scalars"]
+        if f"val/{metric}" in tags:
+            val.update({e.step: e.value for e in acc.Scalars(f"val/{metric}")})
+        if f"test/{metric}" in tags:
+            test += [e.value for e in acc.Scalars(f"test/{metric}")]
+    pick = min if mode == "min" else max
+    return {"final": val[max(val)], "best": pick(val.values()), "test": test[-1]}
+
+
+def md_rows(report: Path) -> dict[str, list[str]]:
+    """The run table of report.md: run name -> cells."""
+    rows = {}
+    for line in report.read_text(encoding="utf-8").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and cells[0].isdigit():
+            rows[cells[0]] = cells
+    return rows
+
+
+def sweep(args: list[str], cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "train.py", "-m", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=900)
+
+
+def check_report(sweep_dir: Path, jobs: int, metric: str, mode: str) -> None:
+    report = sweep_dir / "report.md"
+    rows = md_rows(report)
+    assert sorted(rows) == [str(i) for i in range(jobs)]  # one row per job
+    header = next(line for line in report.read_text().splitlines() if line.startswith("| run |"))
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    for name, cells in rows.items():
+        nums = event_numbers(sweep_dir / name, metric, mode)
+        row = dict(zip(cols, cells, strict=True))
+        assert float(row[f"final val/{metric}"]) == pytest.approx(nums["final"], abs=5e-5)
+        assert float(row[f"best val/{metric}"]) == pytest.approx(nums["best"], abs=5e-5)
+        assert float(row[f"test/{metric}"]) == pytest.approx(nums["test"], abs=5e-5)
+        assert row["status"] == "finished"
+    html = (sweep_dir / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 2  # figures embedded, no external files
+    assert (sweep_dir / "report_figures").is_dir()
+
+
+TINY_CHARLM = ["data=text_file", "model.hidden_size=8", "model.embedding_dim=4",
+               "model.num_layers=1", "data.batch_size=4", "data.seq_len=8", "trainer.max_epochs=1",
+               "+trainer.limit_train_batches=6", "+trainer.limit_val_batches=3",
+               "trainer.val_check_interval=3", "trainer.log_every_n_steps=1",
+               "trainer.num_sanity_val_steps=0", "callbacks.progress_bar.refresh_rate=0",
+               "trainer.enable_model_summary=false"]
+
+
+@pytest.mark.slow
+def test_report_of_a_real_charlm_sweep(tmp_path: Path, small_text: Path) -> None:
+    sweep_dir = tmp_path / "sweep"
+    out = sweep([*TINY_CHARLM, f"data.corpus.path={small_text}", f"paths.root_dir={tmp_path}",
+                 "model.cell=rnn,gru", "seed=1,2", f"hydra.sweep.dir={sweep_dir}"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"report: {sweep_dir / 'report.html'}" in out.stdout  # the callback said where
+    check_report(sweep_dir, 4, "bpc", "min")
+    md = (sweep_dir / "report.md").read_text()
+    assert "| model.cell=rnn | 2/2 |" in md and "| model.cell=gru | 2/2 |" in md
+    assert "Samples primed with 'ROMEO'" in md and md.count("ROMEO") >= 3
+    assert (sweep_dir / "report_figures" / "charlm_curves.png").is_file()
+    assert (sweep_dir / "report_figures" / "charlm_weight_histograms.png").is_file()
+    # regrouping from the command line: all seeds of all cells as one group
+    build_report(sweep_dir, group_by=[], samples=False)
+    assert "| all runs | 4/4 |" in (sweep_dir / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_report_of_a_real_cnn_sweep(tmp_path: Path) -> None:
+    photos = make_photos(tmp_path / "photos")
+    sweep_dir = tmp_path / "sweep"
+    out = sweep(["task=cnn", f"data.root={photos}", "data.image_size=32", "data.batch_size=4",
+                 "trainer.max_epochs=2", "trainer.log_every_n_steps=1",
+                 "trainer.num_sanity_val_steps=0", "trainer.enable_model_summary=false",
+                 "callbacks.progress_bar.refresh_rate=0", f"paths.root_dir={tmp_path}",
+                 "model.l2=0,1e-2", "seed=1,2", f"hydra.sweep.dir={sweep_dir}"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    check_report(sweep_dir, 4, "acc", "max")
+    figs = {p.name for p in (sweep_dir / "report_figures").iterdir()}
+    assert {"cnn_curves.png", "cnn_acc_vs_model.l2.png", "cnn_weight_histograms.png"} <= figs
+    best = Group((), load_runs(sweep_dir)).best_run()
+    assert best is not None
+    assert ("test/misclassified" in best.images) == any(
+        f == f"cnn_misclassified_{best.name}.png" for f in figs)
+    md = (sweep_dir / "report.md").read_text()
+    assert "| model.l2=0 | 2/2 |" in md and "| model.l2=0.01 | 2/2 |" in md
