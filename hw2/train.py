@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from hw2.gpu_slots import claim_gpu
+from hw2.gpu_slots import run_in_gpu_slot
 from hw2.run_record import recorded_run
 from hw2.runtime import fast_precision, tune_malloc
 
@@ -76,20 +77,15 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> dict[st
     """Train and/or test as the config says; returns the final metrics. `extra_callbacks`
     join the configured ones (benchmarks, notebooks).
 
-    With `spread_gpus=true` (launcher=local_gpus) the job first locks a free GPU of this
-    machine and trains on it alone."""
+    With `spread_gpus=true` (launcher=local_gpus) the job locks a free GPU of the pool and
+    trains in a child process that sees only it (`hw2.gpu_slots`)."""
+    if cfg.get("spread_gpus"):
+        return run_in_gpu_slot(cfg, extra_callbacks)
     with recorded_run(cfg.paths.output_dir) as record:
-        if cfg.get("spread_gpus") and torch.cuda.is_available():
-            with claim_gpu(Path(cfg.paths.log_dir) / ".gpu_locks",
-                           torch.cuda.device_count()) as gpu:
-                with open_dict(cfg):
-                    cfg.trainer.devices = [gpu]
-                log.info("sweep job on GPU %d", gpu)
-                record.update(device=f"cuda:{gpu}")
-                metrics = _run(cfg, extra_callbacks)
-        else:
-            record.update(device=str(cfg.trainer.get("accelerator", "auto")))
-            metrics = _run(cfg, extra_callbacks)
+        # the GPUs this job was given (local_gpus, Ray, SLURM all say so in CUDA_VISIBLE_DEVICES)
+        record.update(device=str(cfg.trainer.get("accelerator", "auto")),
+                      gpu=os.environ.get("CUDA_VISIBLE_DEVICES"))
+        metrics = _run(cfg, extra_callbacks)
         record.update(metrics=metrics)
         return metrics
 

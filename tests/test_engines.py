@@ -1,0 +1,153 @@
+"""The engines, run for real through `python train.py`: a GPU pool on one machine (fake devices),
+Ray with logical GPUs, SLURM on a one-node cluster of this machine, DDP with 2 CPU processes.
+
+All slow (each starts several Python processes that import torch): `pytest -m slow`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+import torch
+
+from hw2.run_record import read_record, status_of
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["model.hidden_size=32", "model.embedding_dim=16", "model.num_layers=1",
+        "model.dropout=0", "data.seq_len=16", "data.batch_size=4",
+        "callbacks.progress_bar.refresh_rate=0", "callbacks.text_sample.length=20",
+        "~callbacks.param_histograms", "logger=csv", "trainer.enable_model_summary=false",
+        "trainer.accelerator=cpu", "tune_malloc=false"]
+
+pytestmark = pytest.mark.slow
+
+
+def write_text(path: Path, n: int = 400) -> Path:
+    speakers = ["ROMEO", "JULIET", "MERCUTIO", "NURSE"]
+    lines = ["But soft, what light through yonder window breaks?",
+             "It is the east, and Juliet is the sun.",
+             "A plague o' both your houses!", "Parting is such sweet sorrow."]
+    path.write_text("\n".join(f"{speakers[i % 4]}:\n{lines[i % 4]}\n{lines[(i * 3 + 1) % 4]}\n"
+                              for i in range(n)), encoding="utf-8")
+    return path
+
+
+def train_cmd(overrides: Sequence[str], tmp: Path, multirun: bool = False) -> list[str]:
+    return [sys.executable, "train.py", *(["-m"] if multirun else []),
+            f"paths.root_dir={tmp}", f"paths.cache_dir={tmp / 'cache'}", *overrides]
+
+
+def job_records(sweep: Path) -> dict[int, dict]:
+    out = {}
+    for d in sweep.iterdir():
+        if d.name.isdigit() and (rec := read_record(d)) is not None:
+            out[int(d.name)] = rec
+    return out
+
+
+def overlaps(a: dict, b: dict) -> bool:
+    return a["started"] < b["ended"] and b["started"] < a["ended"]
+
+
+def test_gpu_pool_sweep_distinct_devices_kill_frees_device(tmp_path: Path) -> None:
+    """4 jobs, 2 fake devices, 2 parallel loky workers, window batches with a DataLoader worker
+    inside every job; job 0 is SIGKILLed mid-run. From the jobs' run.json: overlapping jobs
+    held distinct devices, the killed job's device went to a later job, the others finished."""
+    text = write_text(tmp_path / "t.txt")
+    sweep = tmp_path / "sweep"
+    cmd = train_cmd([*TINY, "launcher=local_gpus", "gpu_pool=[0,1]",
+                     f"gpu_lock_dir={tmp_path / 'locks'}", "hydra.launcher.n_jobs=2",
+                     f"hydra.sweep.dir={sweep}", "data=text_file", f"data.corpus.path={text}",
+                     "data.mode=window", "data.num_workers=1", "+trainer.max_steps=400",
+                     "trainer.val_check_interval=100", "+trainer.limit_val_batches=5",
+                     "trainer.max_epochs=50", "seed=1,2,3,4"], tmp_path, multirun=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    killed_pid = None
+    deadline = time.time() + 300
+    while killed_pid is None and time.time() < deadline and proc.poll() is None:
+        rec = read_record(sweep / "0")
+        # mid-run: the job's child is training (its first validation checkpoint exists)
+        if rec and rec["status"] == "running" and (sweep / "0/checkpoints/last.ckpt").exists():
+            killed_pid = rec["pid"]
+            os.kill(killed_pid, signal.SIGKILL)
+        time.sleep(0.2)
+    out, _ = proc.communicate(timeout=600)
+    assert killed_pid is not None, out[-3000:]
+    assert proc.returncode != 0  # the sweep reports the killed job ...
+    assert "killed by SIGKILL" in out, out[-3000:]
+
+    recs = job_records(sweep)
+    assert sorted(recs) == [0, 1, 2, 3], out[-3000:]
+    print("\njob  gpu  pid      status       started   ended  (s after the first start)")
+    t0 = min(r["started"] for r in recs.values())
+    for n, r in sorted(recs.items()):
+        print(f"{n:>3}  {r['gpu']:>3}  {r['pid']:<7}  {r['status']:<11}  "
+              f"{r['started'] - t0:7.1f}  {r['ended'] - t0:6.1f}")
+    killed = recs[0]
+    assert killed["pid"] == killed_pid and killed["status"] == "interrupted"
+    assert killed["error"] == "killed by SIGKILL" and status_of(killed) == "interrupted"
+    for n in (1, 2, 3):  # ... and runs all the others to the end
+        assert recs[n]["status"] == "finished", recs[n]
+        assert recs[n]["metrics"]["val/bpc"] < 4.0  # trained (uniform over ~28 chars is 4.8)
+    assert {r["gpu"] for r in recs.values()} == {"0", "1"}
+    for a, b in itertools.combinations(recs.values(), 2):
+        if overlaps(a, b):
+            assert a["gpu"] != b["gpu"], (a, b)
+    reused = [r for r in recs.values() if r is not killed and r["gpu"] == killed["gpu"]
+              and r["started"] >= killed["ended"]]
+    assert reused, "the killed job's device was never handed out again"
+    assert len({r["pid"] for r in recs.values()}) == 4  # a fresh process per job
+
+
+def test_gpu_pool_without_devices_is_a_clear_error(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    if torch.cuda.is_available():
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    res = subprocess.run(train_cmd([*TINY, "launcher=local_gpus", "debug=default",
+                                    f"hydra.sweep.dir={tmp_path / 's'}"], tmp_path, True),
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0
+    assert "needs at least one GPU: set gpu_pool" in res.stdout + res.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None,
+                    reason='needs the ray extra: pip install -e ".[ray]"')
+def test_ray_sweep_jobs_get_distinct_logical_gpus(tmp_path: Path) -> None:
+    """A local Ray with 2 logical GPUs runs 4 jobs, 2 at a time, each asking for one GPU: jobs
+    that overlap see distinct CUDA_VISIBLE_DEVICES and every result comes back; each job
+    loads its batches through a DataLoader worker inside the Ray worker."""
+    text = write_text(tmp_path / "t.txt")
+    sweep = tmp_path / "sweep"
+    res = subprocess.run(
+        train_cmd([*TINY, "launcher=ray", "hydra.launcher.ray.init.num_gpus=2",
+                   "hydra.launcher.ray.init.num_cpus=2", "hydra.launcher.ray.remote.num_cpus=0",
+                   "+hydra.launcher.ray.init.include_dashboard=false",
+                   f"hydra.sweep.dir={sweep}", "data=text_file", f"data.corpus.path={text}",
+                   "data.mode=window", "data.num_workers=1", "+trainer.max_steps=150",
+                   "trainer.val_check_interval=50", "+trainer.limit_val_batches=5",
+                   "trainer.max_epochs=50", "seed=1,2,3,4"], tmp_path, multirun=True),
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
+    recs = job_records(sweep)
+    assert sorted(recs) == [0, 1, 2, 3]
+    t0 = min(r["started"] for r in recs.values())
+    print("\njob  CUDA_VISIBLE_DEVICES  pid      started  ended")
+    for n, r in sorted(recs.items()):
+        print(f"{n:>3}  {r['gpu']:>20}  {r['pid']:<7}  {r['started'] - t0:7.1f}  "
+              f"{r['ended'] - t0:5.1f}")
+        assert r["status"] == "finished" and r["metrics"]["val/bpc"] < 4.0
+    assert {r["gpu"] for r in recs.values()} == {"0", "1"}
+    for a, b in itertools.combinations(recs.values(), 2):
+        if overlaps(a, b):
+            assert a["gpu"] != b["gpu"], (a, b)
+    assert len({r["pid"] for r in recs.values()}) == 4  # max_calls=1: a fresh worker per job
