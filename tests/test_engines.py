@@ -20,13 +20,15 @@ import pytest
 import torch
 
 from hw2.run_record import read_record, status_of
+from tests.slurm_cluster import SlurmCluster, slurm_cluster  # noqa: F401 - the fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["model.hidden_size=32", "model.embedding_dim=16", "model.num_layers=1",
         "model.dropout=0", "data.seq_len=16", "data.batch_size=4",
         "callbacks.progress_bar.refresh_rate=0", "callbacks.text_sample.length=20",
         "~callbacks.param_histograms", "logger=csv", "trainer.enable_model_summary=false",
-        "trainer.accelerator=cpu", "tune_malloc=false"]
+        "trainer.accelerator=cpu", "tune_malloc=false", "model.scheduler.warmup_steps=5",
+        "model.optimizer.lr=0.01"]
 
 pytestmark = pytest.mark.slow
 
@@ -151,3 +153,85 @@ def test_ray_sweep_jobs_get_distinct_logical_gpus(tmp_path: Path) -> None:
         if overlaps(a, b):
             assert a["gpu"] != b["gpu"], (a, b)
     assert len({r["pid"] for r in recs.values()}) == 4  # max_calls=1: a fresh worker per job
+
+
+SLURM_CPU = ["launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=null",
+             "hydra.launcher.timeout_min=20", "trainer.accelerator=cpu", "trainer.devices=1",
+             "trainer.strategy=auto"]
+
+
+def submitit_job_ids(sweep: Path) -> list[str]:
+    return sorted(p.name for p in (sweep / ".submitit").iterdir()
+                  if p.name.replace("_", "").isdigit() and ("_" in p.name or not any(
+                      q.name.startswith(p.name + "_") for q in (sweep / ".submitit").iterdir())))
+
+
+def test_slurm_sweep_through_sbatch_comes_back(
+        slurm_cluster: SlurmCluster, tmp_path: Path) -> None:  # noqa: F811 - the fixture
+    """`launcher=slurm` submits a 2-job sweep with sbatch to the one-node cluster (2 GPUs of
+    gres); both jobs run at once on distinct GPUs and their results come back."""
+    text = write_text(tmp_path / "t.txt")
+    sweep = tmp_path / "sweep"
+    res = subprocess.run(
+        train_cmd([*TINY, *SLURM_CPU, f"hydra.sweep.dir={sweep}", "data=text_file",
+                   f"data.corpus.path={text}", "+trainer.max_steps=60",
+                   "trainer.val_check_interval=30", "+trainer.limit_val_batches=5",
+                   "seed=1,2"], tmp_path, multirun=True),
+        cwd=ROOT, env=slurm_cluster.env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
+    ids = submitit_job_ids(sweep)
+    recs = job_records(sweep)
+    print(f"\nSLURM job ids {ids}")
+    for n, r in sorted(recs.items()):
+        print(f"job {n}: CUDA_VISIBLE_DEVICES={r['gpu']} pid {r['pid']} {r['status']} "
+              f"val/bpc {r['metrics']['val/bpc']:.3f}")
+    assert len(ids) == 2 and sorted(recs) == [0, 1]
+    for r in recs.values():
+        assert r["status"] == "finished" and r["metrics"]["val/bpc"] < 4.0
+    if overlaps(recs[0], recs[1]):
+        assert {recs[0]["gpu"], recs[1]["gpu"]} == {"0", "1"}
+    assert all(r["gpu"] in ("0", "1") for r in recs.values())  # each job got one gres GPU
+
+
+def test_slurm_requeued_job_resumes_from_its_checkpoint(
+        slurm_cluster: SlurmCluster, tmp_path: Path) -> None:  # noqa: F811 - the fixture
+    """SIGUSR1 to a running `launcher=slurm` job (what SLURM sends before a preemption or the
+    time limit): Lightning saves hpc_ckpt_1.ckpt in the run directory and requeues the job
+    with `scontrol requeue`; the second attempt restores it and finishes the run."""
+    text = write_text(tmp_path / "t.txt")
+    sweep = tmp_path / "sweep"
+    proc = subprocess.Popen(
+        train_cmd([*TINY, *SLURM_CPU, f"hydra.sweep.dir={sweep}", "data=text_file",
+                   f"data.corpus.path={text}", "+trainer.max_steps=400",
+                   "trainer.val_check_interval=50", "+trainer.limit_val_batches=5",
+                   "trainer.max_epochs=100", "seed=1"], tmp_path, multirun=True),
+        cwd=ROOT, env=slurm_cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True)
+    run_dir, job_id = sweep / "0", None
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if (run_dir / "checkpoints/last.ckpt").exists() and (sweep / ".submitit").is_dir():
+            job_id = submitit_job_ids(sweep)[0]
+            slurm_cluster.run("scancel", "--signal=USR1", job_id)
+            break
+        time.sleep(0.2)
+    while job_id is not None and time.time() < deadline and proc.poll() is None:
+        # SLURM holds a requeued job for ~2 minutes before it may start again: skip the wait
+        if slurm_cluster.job_state(job_id) == "PENDING":
+            slurm_cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
+            break
+        time.sleep(0.5)
+    out, _ = proc.communicate(timeout=600)
+    assert job_id is not None and proc.returncode == 0, out[-4000:]
+    hpc = run_dir / "hpc_ckpt_1.ckpt"
+    saved_at = torch.load(hpc, weights_only=False, map_location="cpu")["global_step"]
+    rec = read_record(run_dir)
+    logs = "".join(p.read_text(errors="replace")
+                   for p in (sweep / ".submitit" / job_id).glob("*_log.*"))
+    print(f"\nSLURM job {job_id}: hpc checkpoint at step {saved_at}, attempts "
+          f"{rec['attempts']}, status {rec['status']}")
+    assert 50 <= saved_at < 400  # saved mid-run, after the first validation
+    assert rec["attempts"] == 2 and rec["status"] == "finished"  # same run dir, second attempt
+    assert f"Restored all states from the checkpoint at {hpc}" in logs, logs[-3000:]
+    last = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=False, map_location="cpu")
+    assert last["global_step"] > saved_at  # the second attempt trained on from there
