@@ -90,6 +90,11 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> dict[st
         return metrics
 
 
+def _local_rank() -> int:
+    """This process's rank on its node under DDP (Lightning's launcher, torchrun, srun)."""
+    return int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0")))
+
+
 def _run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback]) -> dict[str, float]:
     if cfg.get("tune_malloc"):
         tune_malloc()
@@ -108,7 +113,8 @@ def _run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback]) -> dict[str, f
 
     log.info("config:\n%s", describe(cfg))
     datamodule: pl.LightningDataModule = instantiate(cfg.data)
-    datamodule.prepare_data()
+    if _local_rank() == 0:  # Lightning's contract: renders/downloads once per node, not per rank
+        datamodule.prepare_data()
     datamodule.setup("fit")
     model: pl.LightningModule = instantiate(
         cfg.model, **datamodule.model_kwargs(), _convert_="all"

