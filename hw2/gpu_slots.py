@@ -80,7 +80,7 @@ def claim_gpu(lock_dir: str | os.PathLike, n_gpus: int, poll_s: float = 5.0,
     are named by `names[i]` (the physical device id) when given, so sweeps with different
     pools on one machine still never share a device."""
     if n_gpus < 1:
-        raise ValueError("spread_gpus=true needs at least one GPU: set gpu_pool (e.g. "
+        raise ValueError("spread_gpus=true needs at least one visible GPU: set gpu_pool (e.g. "
                          "gpu_pool=[0,1]) or CUDA_VISIBLE_DEVICES, or drop launcher=local_gpus")
     lock_dir = Path(lock_dir)
     lock_dir.mkdir(parents=True, exist_ok=True)

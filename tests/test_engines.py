@@ -120,7 +120,7 @@ def test_gpu_pool_without_devices_is_a_clear_error(tmp_path: Path) -> None:
                                     f"hydra.sweep.dir={tmp_path / 's'}"], tmp_path, True),
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode != 0
-    assert "needs at least one GPU: set gpu_pool" in res.stdout + res.stderr
+    assert "needs at least one visible GPU: set gpu_pool" in res.stdout + res.stderr
 
 
 @pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None,
