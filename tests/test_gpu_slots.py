@@ -30,10 +30,12 @@ def test_pool_errors_name_the_value() -> None:
 
 def test_locks_are_per_physical_device(tmp_path: Path) -> None:
     """A sweep on devices [2, 3] and one on [3] share device 3's lock."""
-    with claim_gpu(tmp_path, 2, names=["3", "2"]) as first:
+    with claim_gpu(tmp_path, 1, names=["3"]) as first:  # a sweep whose pool is [3]
         assert first == 0 and (tmp_path / "gpu3.lock").read_text().strip().isdigit()
-        with claim_gpu(tmp_path, 2, names=["3", "2"]) as second:  # another sweep, same order
-            assert second == 1  # device "3" is taken by the first: this one gets "2"
+        with claim_gpu(tmp_path, 2, names=["3", "2"]) as second:  # a sweep on [3, 2]
+            assert second == 1  # device 3 is taken by the first sweep: this job gets 2
+        with claim_gpu(tmp_path, 2, names=["2", "3"]) as third:
+            assert third == 0  # device 2 is free again (locks go by device, not by index)
     with pytest.raises(ValueError, match="needs at least one visible GPU: set gpu_pool"), \
             claim_gpu(tmp_path, 0):
         pass
