@@ -144,6 +144,28 @@ def _stop(pid: int | None) -> None:
         time.sleep(0.1)
 
 
+def _step_daemons(tmp: Path) -> list[int]:
+    """This cluster's slurmstepd processes (one per job step; they run in its log folder)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if (proc / "comm").read_text().strip() == "slurmstepd" and os.readlink(
+                    proc / "cwd").startswith(str(tmp)):
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def _wait_for_steps(tmp: Path, timeout: float = 60) -> None:
+    """Let the step daemons report their jobs' ends to slurmd and exit before slurmd stops."""
+    deadline = time.time() + timeout
+    while _step_daemons(tmp) and time.time() < deadline:
+        time.sleep(0.5)
+
+
 @pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
     missing = [d for d in DAEMONS if not shutil.which(d)]
@@ -179,8 +201,11 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmClu
         yield cluster
     finally:
         subprocess.run(["scancel", "--full", "-u", "root"], env=env, capture_output=True)
+        _wait_for_steps(tmp)
         _stop(_pid(tmp / "slurmd.pid"))
         _stop(_pid(tmp / "slurmctld.pid"))
+        for pid in _step_daemons(tmp):  # a step daemon that outlived its slurmd
+            os.kill(pid, 9)
         _stop(munge_pid)
         for dev in made:
             dev.unlink(missing_ok=True)
