@@ -146,7 +146,10 @@ def run_in_gpu_slot(cfg: DictConfig, callbacks: Sequence = (),
     with claim_gpu(lock_dir, len(pool), poll_s=poll_s, names=pool) as index:
         device = pool[index]
         log.info("sweep job %s on GPU %s", out, device)
-        env = {**os.environ, "CUDA_VISIBLE_DEVICES": device}  # before anything touches CUDA
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": device,  # before anything touches CUDA
+               # the child imports this very copy of hw2, wherever the worker's cwd is
+               "PYTHONPATH": os.pathsep.join(filter(None, (
+                   str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH"))))}
         started = time.time()
         child = subprocess.Popen(
             [sys.executable, "-c", "from hw2.gpu_slots import _job_in_slot; _job_in_slot()"],
