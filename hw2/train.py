@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from hw2.checkpoints import load_for_data
-from hw2.gpu_slots import claim_gpu
+from hw2.gpu_slots import run_in_gpu_slot
 from hw2.resume import keep_csv_rows, logging_step, resolve_checkpoint
 from hw2.run_record import recorded_run
 from hw2.runtime import fast_precision, tune_malloc
@@ -80,23 +81,23 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> dict[st
     """Train and/or test as the config says; returns the final metrics. `extra_callbacks`
     join the configured ones (benchmarks, notebooks).
 
-    With `spread_gpus=true` (launcher=local_gpus) the job first locks a free GPU of this
-    machine and trains on it alone."""
+    With `spread_gpus=true` (launcher=local_gpus) the job locks a free GPU of the pool and
+    trains in a child process that sees only it (`hw2.gpu_slots`)."""
+    if cfg.get("spread_gpus"):
+        return run_in_gpu_slot(cfg, extra_callbacks)
     with recorded_run(cfg.paths.output_dir) as record:
-        record.update(overrides=job_overrides(), resumed_from=cfg.get("ckpt_path"))
-        if cfg.get("spread_gpus") and torch.cuda.is_available():
-            with claim_gpu(Path(cfg.paths.log_dir) / ".gpu_locks",
-                           torch.cuda.device_count()) as gpu:
-                with open_dict(cfg):
-                    cfg.trainer.devices = [gpu]
-                log.info("sweep job on GPU %d", gpu)
-                record.update(device=f"cuda:{gpu}")
-                metrics = _run(cfg, extra_callbacks)
-        else:
-            record.update(device=str(cfg.trainer.get("accelerator", "auto")))
-            metrics = _run(cfg, extra_callbacks)
+        # the GPUs this job was given (local_gpus, Ray, SLURM all say so in CUDA_VISIBLE_DEVICES)
+        record.update(overrides=job_overrides(), resumed_from=cfg.get("ckpt_path"),
+                      device=str(cfg.trainer.get("accelerator", "auto")),
+                      gpu=os.environ.get("CUDA_VISIBLE_DEVICES"))
+        metrics = _run(cfg, extra_callbacks)
         record.update(metrics=metrics)
         return metrics
+
+
+def _local_rank() -> int:
+    """This process's rank on its node under DDP (Lightning's launcher, torchrun, srun)."""
+    return int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0")))
 
 
 def _run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback]) -> dict[str, float]:
@@ -115,7 +116,8 @@ def _run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback]) -> dict[str, f
     log.info("config:\n%s", describe(cfg))
     datamodule: pl.LightningDataModule = instantiate(cfg.data)
     if cfg.get("train"):
-        datamodule.prepare_data()
+        if _local_rank() == 0:  # Lightning's contract: render/download once per node, not per rank
+            datamodule.prepare_data()
         datamodule.setup("fit")
         model: pl.LightningModule = instantiate(
             cfg.model, **datamodule.model_kwargs(), _convert_="all"

