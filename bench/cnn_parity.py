@@ -10,8 +10,9 @@ After every epoch both models are scored by the same code on the same test photo
 gives train accuracy (running, augmented batches) and test accuracy per epoch: mean +- std over
 seeds for each path, and the difference of the means.
 
-    python bench/cnn_parity.py --data ../shared/data/food10_small --image-size 128 --epochs 3 --seeds 3
-    python bench/cnn_parity.py                # food10_dev, 512 px, 10 epochs, 3 seeds (hours on 2 cores)
+    python bench/cnn_parity.py --data ../shared/data/food10_small --image-size 128 \
+        --epochs 3 --seeds 3                  # a smoke run: minutes
+    python bench/cnn_parity.py                # food10_dev, 512 px, 10 epochs, 3 seeds: hours
 
 `--hw2-overrides` passes extra train.py overrides to (a) (e.g. `data.val_fraction=0.1` to
 train on 90 % of the photos as a validation split would).

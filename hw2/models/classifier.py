@@ -15,7 +15,7 @@ from torchmetrics.classification import (
     MulticlassConfusionMatrix,
 )
 
-from hw2.models.base import TaskModule
+from hw2.models.base import TaskModule, WeightedMean
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +54,13 @@ class ImageClassifier(TaskModule):
         if channels_last:
             # NHWC: oneDNN's fast convolution path on CPU (and tensor cores on GPU)
             self.net = self.net.to(memory_format=torch.channels_last)
-        kw = {"num_classes": num_classes}
+        # no per-step argument checks: each is a device sync (labels come from the data module)
+        kw = {"num_classes": num_classes, "validate_args": False}
         self.train_acc = MulticlassAccuracy(**kw, average="micro")
         self.val_acc = MulticlassAccuracy(**kw, average="micro")
         self.test_acc = MulticlassAccuracy(**kw, average="micro")
+        # epoch means of the loss, weighted by batch size
+        self.train_loss, self.val_loss, self.test_loss = (WeightedMean() for _ in range(3))
         self.test_class_acc = MulticlassAccuracy(**kw, average=None)
         self.test_confusion = MulticlassConfusionMatrix(**kw)
         # filled at test end for the figures: {"confusion": (C, C), "class_acc": (C,)}
@@ -73,21 +76,34 @@ class ImageClassifier(TaskModule):
         logits = self(x).float()
         loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
         preds = logits.argmax(dim=1)
-        acc = getattr(self, f"{stage}_acc")
-        acc.update(preds, y)
-        # epoch means, weighted by batch size: runs with and without L2 overlay per epoch
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
-        self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=stage != "train",
-                 batch_size=len(y))
+        # metric updates only; logged once per epoch (`_log_epoch`): no per-step self.log
+        getattr(self, f"{stage}_acc").update(preds, y)
+        getattr(self, f"{stage}_loss").update(loss.detach(), weight=len(y))
         return loss, preds
+
+    def _log_epoch(self, stage: str) -> None:
+        """Epoch loss and accuracy (runs with and without L2 overlay per epoch)."""
+        acc, loss = getattr(self, f"{stage}_acc"), getattr(self, f"{stage}_loss")
+        if loss.update_count == 0:
+            return
+        self.log(f"{stage}/loss", loss.compute())
+        self.log(f"{stage}/acc", acc.compute(), prog_bar=stage != "train")
+        acc.reset()
+        loss.reset()
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss, _ = self._step(batch, "train")
         if self.l2 == 0:
             return loss
         penalty = self.l2_penalty()
-        self.log("train/l2_penalty", penalty, on_step=False, on_epoch=True,
-                 batch_size=len(batch[1]))
+        if self.logs_this_step():
+            self.log("train/l2_penalty", penalty.detach())
         return loss + penalty
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
@@ -100,6 +116,7 @@ class ImageClassifier(TaskModule):
         return {"loss": loss, "preds": preds}  # preds: for the misclassified-images figure
 
     def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
         if self.test_confusion.update_count == 0:
             return
         confusion = self.test_confusion.compute().cpu()
