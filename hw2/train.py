@@ -15,7 +15,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from hw2.gpu_slots import claim_gpu
 from hw2.run_record import recorded_run
-from hw2.runtime import fast_precision, tune_malloc
+from hw2.runtime import fast_precision, tune_malloc, uses_cuda
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +95,9 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> dict[st
 
 
 def _run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback]) -> dict[str, float]:
-    if cfg.get("tune_malloc"):
-        tune_malloc()
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    if cfg.get("tune_malloc") and not uses_cuda(accelerator):
+        tune_malloc()  # a CPU measure (bench/framework_tax.py); not measured helpful on a GPU
     if cfg.trainer.get("precision") == "auto":
         with open_dict(cfg):
             cfg.trainer.precision = fast_precision(str(cfg.trainer.get("accelerator", "auto")))
