@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A GPU check in under 8 minutes: installs the wheels of bench/build_wheels.sh (offline), then
+# A GPU check in under 8 minutes (stage time limits: 2.5 + 1 + 1 + 1.25 + 2 min + install): installs the wheels of bench/build_wheels.sh (offline), then
 #   1. the framework tax on the GPU: both tasks through train.py vs a plain loop
 #      (bench/framework_tax.py: steps/s, chars|images/s, start-up, peak GPU memory), and
 #      tune_malloc on vs off for the plain loop (applied only where it helps);
@@ -87,7 +87,7 @@ export HW2_DATA_DIR="$DATA"
 RUNS="$OUT_DIR/runs"
 
 # --- 1. framework tax and tune_malloc -----------------------------------------------------
-stage framework_tax 210 python bench/framework_tax.py --device "$DEVICE" "${SMALL[@]}" \
+stage framework_tax 150 python bench/framework_tax.py --device "$DEVICE" "${SMALL[@]}" \
   "${STEPS[@]}" --variants hw2,plain,plain+malloc
 
 # --- 2. both tasks briefly, nvidia-smi sampling --------------------------------------------
@@ -97,18 +97,19 @@ if [[ $CPU == 0 ]]; then
     -lms 500 > "$OUT_DIR/nvidia_smi.csv" 2>/dev/null &
   SMI_PID=$!
 fi
-stage charlm 80 python train.py "$TRAINER" data=tinyshakespeare "paths.data_dir=$DATA" \
+stage charlm 60 python train.py "$TRAINER" data=tinyshakespeare "paths.data_dir=$DATA" \
   "paths.root_dir=$RUNS" +trainer.max_steps=400 trainer.max_epochs=-1 \
   trainer.val_check_interval=200 trainer.check_val_every_n_epoch=null \
   callbacks.progress_bar.refresh_rate=50 "${CHAR[@]}"
-stage cnn 80 python train.py task=cnn "$TRAINER" "data.root=$DATA/food10_small" \
+stage cnn 60 python train.py task=cnn "$TRAINER" "data.root=$DATA/food10_small" \
   "paths.root_dir=$RUNS" trainer.max_epochs=2 callbacks.progress_bar.refresh_rate=5 "${CNN[@]}"
 [[ -n "$SMI_PID" ]] && kill "$SMI_PID" 2>/dev/null
 
 # --- 3. a 2-job sweep over this machine's GPUs ---------------------------------------------
 SWEEP_DEV=()
 [[ $CPU == 1 ]] && SWEEP_DEV=(trainer.accelerator=cpu)
-stage sweep 90 python train.py -m launcher=local_gpus hydra.launcher.n_jobs=2 \
+stage sweep 75 python train.py -m launcher=local_gpus hydra.launcher.n_jobs=2 \
+  "hydra.sweep.dir=$RUNS/sweep" \
   data=tinyshakespeare "paths.data_dir=$DATA" "paths.root_dir=$RUNS" model.cell=lstm,gru \
   +trainer.max_steps=60 trainer.max_epochs=-1 trainer.val_check_interval=30 \
   trainer.check_val_every_n_epoch=null callbacks.progress_bar.refresh_rate=0 test=false \
@@ -116,7 +117,7 @@ stage sweep 90 python train.py -m launcher=local_gpus hydra.launcher.n_jobs=2 \
 
 # --- 4. tests ------------------------------------------------------------------------------
 if [[ $CPU == 0 ]]; then
-  stage pytest 170 python -m pytest -q -x
+  stage pytest 120 python -m pytest -q -x
 else
   stage pytest 120 python -m pytest -q -x tests/test_runtime.py tests/test_step_costs.py -k weighted
 fi
@@ -137,5 +138,6 @@ print(f"nvidia-smi: {len(rows)} samples, utilisation mean {sum(busy)/max(len(bus
 EOF
 fi
 grep -E "passed|failed|error" "$OUT_DIR/pytest.txt" | tail -1 | tee -a "$LOG"
-ls -d "$RUNS"/logs/charlm/multiruns/*/* 2>/dev/null | tee -a "$LOG"
+grep -h "best checkpoint\|final metrics" -A0 "$OUT_DIR/sweep.txt" | tee -a "$LOG"
+ls -d "$RUNS"/sweep/* 2>/dev/null | tee -a "$LOG"
 say "done in $(( $(date +%s) - START )) s; logs in $OUT_DIR"
