@@ -3,9 +3,12 @@
 For each task (CharLM on tiny shakespeare, FoodCNN on food10_small) and each variant, a fresh
 process trains `--warmup` + `--steps` steps and reports steps/s over the timed steps,
 characters or images per second, start-up time (process launch to the first training step),
-peak CPU RSS and, on CUDA, peak GPU memory allocated. Variants:
+peak CPU RSS and, on CUDA, peak GPU memory allocated; also steps per CPU-second of the process
+(steadier than wall time on a shared machine; use `--threads 1` there). With `--repeats N` the
+variants run N times interleaved and the best figure of each is kept. Variants:
   hw2     train.py's path: `hw2.config.compose_config` + `hw2.train.run`, default callbacks,
-          loggers and progress bar (test=false; the timed steps end before the first validation);
+          loggers and progress bar (test=false); validation and epoch-end callbacks are left
+          out of the timed steps (the plain loop has none), per-step work is all in;
   plain   a minimal loop: hw2's network (`CharRNN` / `FoodCNN`), batches from hw2's data module,
           the same optimiser, schedule, clipping and autocast as the config, no framework;
   plain+malloc / hw2-malloc  the same with / without `hw2.runtime.tune_malloc` (CPU only by
@@ -78,6 +81,7 @@ class Clock:
         self.first = self.start = self.end = float("nan")
         self.cpu_start = self.cpu_end = float("nan")  # process CPU time: steadier when shared
         self.profiler = cProfile.Profile() if profile else None  # the timed steps only
+        self.paused: tuple[float, float] | None = None
 
     def before(self, i: int) -> None:
         if i == 0:
@@ -88,6 +92,18 @@ class Clock:
             self.cpu_start = time.process_time()
             if self.profiler:
                 self.profiler.enable()
+
+    def pause(self) -> None:
+        """Leave out what is not a training step (validation, epoch-end callbacks)."""
+        if self.start == self.start and self.end != self.end and self.paused is None:
+            self.sync()
+            self.paused = (time.perf_counter(), time.process_time())
+
+    def resume(self) -> None:
+        if self.paused is not None:
+            self.start += time.perf_counter() - self.paused[0]
+            self.cpu_start += time.process_time() - self.paused[1]
+            self.paused = None
 
     def after(self, i: int) -> None:
         if i == self.warmup + self.steps - 1:
@@ -110,6 +126,15 @@ def run_hw2(task: str, s: dict, device: str, clock: Clock, malloc: bool) -> None
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             clock.after(trainer.global_step - 1)
+
+        def on_validation_start(self, trainer, pl_module):  # not a step: the loop has none
+            clock.pause()
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            clock.pause()
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            clock.resume()
 
     out = Path(tempfile.mkdtemp(prefix=f"tax_{task}_"))
     cfg = compose_config(overrides(task, s, device, clock.warmup + clock.steps, out, malloc),
@@ -173,7 +198,9 @@ def run_plain(task: str, s: dict, device: str, clock: Clock, malloc: bool) -> No
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     i = 0
     while i < total:
+        clock.pause()  # as for hw2: epoch boundaries are not steps
         for x, y in dm.train_dataloader():
+            clock.resume()
             clock.before(i)
             x = x.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
             y = y.to(dev, non_blocking=True)
