@@ -100,3 +100,13 @@ def test_weighted_mean_keeps_weights_without_nan_checks() -> None:
     assert float(m.compute()) == pytest.approx((4 + 2 + 3 + 5) / 7)
     m.update(torch.tensor(float("nan")), weight=1)
     assert torch.isnan(m.compute())  # a diverged run shows, it is not silently dropped
+
+
+def test_malloc_tuning_is_for_cpu_runs_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hw2.runtime import uses_cuda
+
+    assert uses_cuda("gpu") and uses_cuda("cuda") and not uses_cuda("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert uses_cuda("auto")  # auto picks the GPU when there is one: no malloc tuning
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert not uses_cuda("auto")
