@@ -31,6 +31,14 @@ def tune_malloc() -> bool:
     return bool(ok)
 
 
+def uses_cuda(accelerator: str = "auto") -> bool:
+    """Whether a trainer with this `trainer.accelerator` runs on a CUDA GPU."""
+    import torch
+
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto"
+                                              and torch.cuda.is_available())
+
+
 def fast_precision(accelerator: str = "auto") -> str:
     """The fastest precision that works on the device the run will use.
 
@@ -40,9 +48,7 @@ def fast_precision(accelerator: str = "auto") -> str:
     """
     import torch
 
-    use_cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto"
-                                                  and torch.cuda.is_available())
-    if use_cuda:
+    if uses_cuda(accelerator):
         if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
             return "bf16-mixed"
         return "16-mixed"

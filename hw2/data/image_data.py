@@ -225,7 +225,10 @@ class ImageDataModule(ResumableTrainData):
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
             sampler=sampler,
-            drop_last=train and len(self.datasets[split]) > self.batch_size,
+            # as a plain loop: every photo every epoch; only a last batch of one photo is
+            # dropped (batch norm cannot train on it)
+            drop_last=(train and len(dataset) > self.batch_size
+                       and len(dataset) % self.batch_size == 1),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
@@ -234,7 +237,11 @@ class ImageDataModule(ResumableTrainData):
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | list:
+        if not self.datasets:
+            self.setup()
+        if "val" not in self.datasets:  # data.val_fraction=0: no validation, last weights tested
+            return []
         return self._loader("val", train=False)
 
     def test_dataloader(self) -> DataLoader:

@@ -139,17 +139,22 @@ def folders(root: Path, val_fraction: float = 0.1, seed: int = 0) -> Splits:
         raise LayoutError(f"missing split: {root / 'test'} is not a directory ({FOLDERS_HELP}); "
                           "add test/<class>/ images, or run with test=false")
     if "val" not in splits.samples:
-        splits.samples["train"], splits.samples["val"] = split_fraction(
+        splits.samples["train"], val = split_fraction(
             splits.samples["train"], val_fraction, seed, where=str(train_dir))
+        if val:
+            splits.samples["val"] = val
     return splits
 
 
 def split_fraction(samples: list[Sample], fraction: float, seed: int, where: str
                    ) -> tuple[list[Sample], list[Sample]]:
-    """Per class, a seeded `fraction` (at least one image) goes to validation."""
+    """Per class, a seeded `fraction` (at least one image) goes to validation. Fraction 0
+    keeps every photo for training (as the report and a plain loop do): no validation split."""
+    if fraction == 0:
+        return sorted(samples), []
     if not 0 < fraction < 1:
-        raise ValueError(f"data.val_fraction={fraction} must be in (0, 1): {where} has no val/ "
-                         "split, so validation images are taken from train")
+        raise ValueError(f"data.val_fraction={fraction} must be in [0, 1): {where} has no val/ "
+                         "split, so validation images are taken from train (0: no validation)")
     by_class: dict[int, list[Sample]] = {}
     for s in samples:
         by_class.setdefault(s[1], []).append(s)
@@ -179,8 +184,10 @@ def food101(root: Path, download: bool = False, val_fraction: float = 0.1, seed:
     for split, ds in (("train", train), ("test", test)):
         splits.samples[split] = [(Path(p), int(y)) for p, y in
                                  zip(ds._image_files, ds._labels, strict=True)]
-    splits.samples["train"], splits.samples["val"] = split_fraction(
+    splits.samples["train"], val = split_fraction(
         splits.samples["train"], val_fraction, seed, where=str(root / "food-101"))
+    if val:
+        splits.samples["val"] = val
     return splits
 
 

@@ -9,10 +9,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import MeanMetric
 
 from hw2.data.vocab import Vocab
-from hw2.models.base import TaskModule
+from hw2.models.base import TaskModule, WeightedMean
 
 CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 LN2 = math.log(2)
@@ -105,7 +104,7 @@ class CharLM(TaskModule):
         # the same mean as one that never stopped.
         for stage in ("train", "val", "test"):
             for unit in ("loss", "bpc"):
-                metric = MeanMetric()
+                metric = WeightedMean()  # no per-step NaN-check sync
                 if stage == "train":
                     metric.persistent(True)
                 setattr(self, f"{stage}_{unit}", metric)
@@ -143,12 +142,13 @@ class CharLM(TaskModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
                       ) -> torch.Tensor | None:
         nll, hidden = self._step(batch, "train")
-        loss = self.checked_loss(nll + self.l2_penalty())
+        loss = self.checked_loss(self.with_l2(nll))
         if loss is None:  # skipped: keep the state from before this window
             return None
         self.state["train"] = hidden
-        self.log("train/loss", nll, prog_bar=True)
-        self.log("train/bpc", nll / LN2, prog_bar=True)
+        if self.logs_this_step():  # only when the logger writes: no per-step cost otherwise
+            self.log("train/loss", nll.detach(), prog_bar=True)
+            self.log("train/bpc", nll.detach() / LN2)
         self._update("train", nll, batch[1].numel())
         return loss
 

