@@ -171,3 +171,18 @@ def _where(datamodule: pl.LightningDataModule) -> str:
         return f"the data under {root}"
     corpus = getattr(datamodule, "corpus", None)
     return f"the data ({type(corpus).__name__})" if corpus is not None else "the data"
+
+
+def resume_hparams(path: str | Path, model_target: str) -> dict[str, Any]:
+    """A checkpoint a fit resumes from: readable with `weights_only=True` and of this task
+    (checked before any data is read). Its hyperparameters, for `check_resume_data`."""
+    hparams = dict(read_checkpoint(path).get("hyper_parameters", {}))
+    check_task(path, hparams, get_class(model_target))
+    return hparams
+
+
+def check_resume_data(path: str | Path, hparams: Mapping[str, Any],
+                      datamodule: pl.LightningDataModule) -> None:
+    """The resumed run's data has the checkpoint's vocabulary / class list / image size."""
+    data = datamodule.model_kwargs()  # type: ignore[attr-defined]
+    check_data(path, hparams, data, where=_where(datamodule))

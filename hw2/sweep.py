@@ -14,13 +14,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 from hw2.run_record import read_record, status_of
 
 log = logging.getLogger(__name__)
 
-LAST_CKPT = Path("checkpoints") / "last.ckpt"
 
 
 def job_overrides() -> list[str] | None:
@@ -73,8 +72,8 @@ def run_job(cfg: DictConfig, train: Callable[[DictConfig], dict[str, float]]) ->
 
     - a job dir holding a different run stops the sweep (SweepDirConflict);
     - a finished earlier attempt with the same overrides is skipped (its recorded metrics count);
-    - an interrupted one continues from `<job dir>/checkpoints/last.ckpt` (unless `ckpt_path` is
-      set, or the config has a `resume` key, which then decides);
+    - an interrupted (or failed) one runs again in its directory, where `resume=auto`
+      (`hw2/resume.py`) continues it from `<job dir>/checkpoints/last.ckpt`;
     - in a multirun an exception is logged and recorded (`run.json`: failed + its last line) and
       the sweep goes on; the sweep's end reports it and exits non-zero (hw2/hydra_callbacks.py).
       A single run still raises.
@@ -89,14 +88,6 @@ def run_job(cfg: DictConfig, train: Callable[[DictConfig], dict[str, float]]) ->
             log.info("skipping %s: finished in an earlier attempt (run.json)", out_dir)
             print(f"skipped (finished before): {out_dir}", flush=True)
             return objective(record.get("metrics") or {}, metric)
-        last = out_dir / LAST_CKPT
-        if "SIGTERMException" in str(record.get("error")):  # recorded as failed before
-            status = "interrupted"
-        if (status == "interrupted" and last.is_file() and cfg.get("ckpt_path") is None
-                and "resume" not in cfg):
-            log.info("resuming interrupted job %s from %s", out_dir, last)
-            with open_dict(cfg):
-                cfg.ckpt_path = str(last)
     if not multirun:
         return objective(train(cfg), metric)
     try:

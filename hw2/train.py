@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from hw2.checkpoints import load_for_data
+from hw2.checkpoints import check_resume_data, load_for_data, resume_hparams
 from hw2.gpu_slots import run_in_gpu_slot
 from hw2.resume import keep_csv_rows, logging_step, resolve_checkpoint
 from hw2.run_record import recorded_run
@@ -117,9 +117,14 @@ def _run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback]) -> dict[str, f
     log.info("config:\n%s", describe(cfg))
     datamodule: pl.LightningDataModule = instantiate(cfg.data)
     if cfg.get("train"):
+        # a resumed fit: the checkpoint is of this task (before the data loads) and of this data
+        resumed = resume_hparams(ckpt_path, cfg.model._target_) if ckpt_path not in (
+            None, "hpc") else None
         if _local_rank() == 0:  # Lightning's contract: render/download once per node, not per rank
             datamodule.prepare_data()
         datamodule.setup("fit")
+        if resumed is not None:
+            check_resume_data(ckpt_path, resumed, datamodule)
         model: pl.LightningModule = instantiate(
             cfg.model, **datamodule.model_kwargs(), _convert_="all"
         )
@@ -214,7 +219,7 @@ def fit(cfg: DictConfig, trainer: pl.Trainer, model: pl.LightningModule,
     """trainer.fit; on SIGTERM (pre-emption) Lightning finishes the batch, the last-checkpoint
     callback saves `last.ckpt` (save_on_exception) and we say how to go on."""
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except SIGTERMException:
         last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
         saved = f"saved {last}" if last.is_file() else "no checkpoint saved"

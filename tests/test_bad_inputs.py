@@ -172,6 +172,21 @@ def test_mismatched_vocabulary_names_both_sides(tmp_path: Path, compose_cfg: Cal
         run(cfg)
 
 
+def test_resuming_on_other_data_names_both_sides(tmp_path: Path, compose_cfg: Callable) -> None:
+    """A fit resumed from a checkpoint of another corpus (or the other task) stops before
+    training, naming both sides, rather than loading weights onto the wrong characters."""
+    ckpt = charlm_ckpt(tmp_path / "lm.ckpt", text="abcdefgh " * 10)
+    corpus = tmp_path / "other.txt"
+    corpus.write_text(TEXT)
+    cfg = compose_cfg(["data=text_file", f"data.corpus.path={corpus}", "data.batch_size=2",
+                       "data.seq_len=8", f"ckpt_path={ckpt}"])
+    with pytest.raises(CheckpointError, match=rf"{ckpt} has a vocabulary of 9 characters"):
+        run(cfg)
+    cfg = compose_cfg(["task=cnn", f"data.root={tmp_path / 'absent'}", f"ckpt_path={ckpt}"])
+    with pytest.raises(CheckpointError, match=r"is of CharLM .*not of ImageClassifier"):
+        run(cfg)  # the task is checked before the (absent) photos are looked for
+
+
 def test_test_only_needs_a_test_split(tmp_path: Path, compose_cfg: Callable) -> None:
     corpus = tmp_path / "t.txt"
     corpus.write_text(TEXT)

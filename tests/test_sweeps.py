@@ -15,6 +15,7 @@ from omegaconf import DictConfig, open_dict, read_write
 
 from hw2.config import compose_config
 from hw2.fileio import atomic_write_json
+from hw2.resume import resolve_checkpoint
 from hw2.run_record import read_record, recorded_run, status_of
 from hw2.sweep import SweepDirConflict, job_overrides, run_job
 from tests.test_report import TINY_CHARLM, md_rows, sweep
@@ -102,8 +103,9 @@ def test_run_job_decides_from_the_record(tmp_path: Path) -> None:
 
     def train(cfg: DictConfig, fail: bool = False) -> dict[str, float]:
         with recorded_run(cfg.paths.output_dir) as record:
-            record.update(overrides=job_overrides(), resumed_from=cfg.get("ckpt_path"))
-            calls.append(cfg.get("ckpt_path"))
+            start = resolve_checkpoint(cfg)  # what hw2.train.run starts from (resume=auto)
+            record.update(overrides=job_overrides(), resumed_from=start)
+            calls.append(start)
             if fail:
                 raise RuntimeError("loss is nan")
             record.update(metrics={"best/val/bpc": 1.25})
