@@ -157,6 +157,7 @@ def _run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback]) -> dict[str, f
     cb = trainer.checkpoint_callback
     if cb is not None and getattr(cb, "best_model_score", None) is not None:
         metrics[f"best/{cb.monitor}"] = float(cb.best_model_score)
+    metrics["trainer/global_step"] = float(trainer.global_step)  # for run.json and reports
     final = {f"hp/{k}": v for k, v in metrics.items() if k.startswith(("val/", "test/", "best/"))}
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):  # HParams tab: final metrics beside config

@@ -81,9 +81,14 @@ class Run:
 
     @property
     def steps(self) -> int | None:
+        """Optimiser steps: the trainer's global step as the run recorded it at its end, else
+        (a run still going or killed) the last step its events reached."""
+        recorded = ((self.record or {}).get("metrics") or {}).get("trainer/global_step")
+        if recorded is not None:
+            return int(recorded)
         steps = [s for tag, pts in self.scalars.items() if not tag.startswith("hp/")
                  for s, _, _ in pts]
-        return max(steps) if steps else None
+        return max(steps) + 1 if steps else None
 
     @property
     def wall_s(self) -> float | None:
