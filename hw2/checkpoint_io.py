@@ -25,19 +25,11 @@ from typing import Any
 import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
+from hw2.run_record import pid_alive
+
 log = logging.getLogger(__name__)
 
 TEMP_RE = re.compile(r"^\..+\.pid(\d+)\.[^.]+\.tmp$")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
@@ -49,7 +41,7 @@ def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
         return removed
     for path in folder.iterdir():
         match = TEMP_RE.match(path.name)
-        if match and not _alive(int(match.group(1))):
+        if match and not pid_alive(int(match.group(1))):
             path.unlink(missing_ok=True)
             removed.append(path)
     if removed:

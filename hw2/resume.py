@@ -55,9 +55,13 @@ def resolve_checkpoint(cfg: DictConfig) -> str | None:
         last = folder / "last.ckpt"
         if not cfg.get("train") or resume == "never":
             return None
-        if last.is_file():
-            log.info("resume=auto: continuing this run from %s", last)
-            return str(last)
+        # the newest of last.ckpt and SLURM's requeue checkpoints (<run dir>/hpc_ckpt_<n>.ckpt)
+        found = [p for p in (last, *Path(cfg.paths.output_dir).glob("hpc_ckpt_*.ckpt"))
+                 if p.is_file()]
+        if found:
+            newest = max(found, key=lambda p: p.stat().st_mtime)
+            log.info("resume=%s: continuing this run from %s", resume, newest)
+            return str(newest)
         if resume == "must":
             raise FileNotFoundError(f"resume=must but {last} does not exist: run without "
                                     "resume=must to start, or give ckpt_path=<checkpoint>")

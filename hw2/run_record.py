@@ -42,7 +42,8 @@ def _rank() -> int:
     return 0
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this host (signal 0 probes without signalling)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -60,7 +61,7 @@ def status_of(record: Mapping[str, Any] | None) -> str:
     status = record.get("status", "interrupted")
     if status == "running" and record.get("host") == socket.gethostname():
         pid = record.get("pid")
-        if not isinstance(pid, int) or not _alive(pid):
+        if not isinstance(pid, int) or not pid_alive(pid):
             return "interrupted"
     return status
 

@@ -87,7 +87,9 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> dict[st
         return run_in_gpu_slot(cfg, extra_callbacks)
     with recorded_run(cfg.paths.output_dir) as record:
         # the GPUs this job was given (local_gpus, Ray, SLURM all say so in CUDA_VISIBLE_DEVICES)
-        record.update(overrides=job_overrides(), resumed_from=cfg.get("ckpt_path"),
+        with open_dict(cfg):  # resume=auto and Lightning's names -> the file it starts from
+            cfg.ckpt_path = resolve_checkpoint(cfg)
+        record.update(overrides=job_overrides(), resumed_from=cfg.ckpt_path,
                       device=str(cfg.trainer.get("accelerator", "auto")),
                       gpu=os.environ.get("CUDA_VISIBLE_DEVICES"))
         metrics = _run(cfg, extra_callbacks)

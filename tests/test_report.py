@@ -104,7 +104,8 @@ def check_report(sweep_dir: Path, jobs: int, metric: str, mode: str) -> None:
     assert (sweep_dir / "report_figures").is_dir()
 
 
-TINY_CHARLM = ["data=text_file", "model.hidden_size=8", "model.embedding_dim=4",
+TINY_CHARLM = ["data=text_file", "data.corpus.test_fraction=0.1", "model.hidden_size=8",
+               "model.embedding_dim=4",
                "model.num_layers=1", "data.batch_size=4", "data.seq_len=8", "trainer.max_epochs=1",
                "+trainer.limit_train_batches=6", "+trainer.limit_val_batches=3",
                "trainer.val_check_interval=3", "trainer.log_every_n_steps=1",

@@ -45,6 +45,7 @@ from optuna.distributions import (
 from optuna.trial import TrialState
 
 from hw2.fileio import atomic_write_json
+from hw2.run_record import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -94,16 +95,6 @@ def search_space(params: dict[str, Any] | None, arguments: Sequence[str]
     return space, list(fixed.values())
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class OptunaSweeper(Sweeper):
     def __init__(self, sampler: Any = None, direction: str = "minimize",
                  study_name: str | None = None, storage: str | None = None, n_trials: int = 20,
@@ -137,7 +128,7 @@ class OptunaSweeper(Sweeper):
         host = socket.gethostname()
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             pid = t.user_attrs.get("pid")
-            if t.user_attrs.get("host") != host or not isinstance(pid, int) or _alive(pid):
+            if t.user_attrs.get("host") != host or not isinstance(pid, int) or pid_alive(pid):
                 continue
             log.warning("trial %d was left running by a dead process (pid %d): queued again",
                         t.number, pid)
