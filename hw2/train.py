@@ -86,9 +86,9 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> dict[st
     if cfg.get("spread_gpus"):
         return run_in_gpu_slot(cfg, extra_callbacks)
     with recorded_run(cfg.paths.output_dir) as record:
-        # the GPUs this job was given (local_gpus, Ray, SLURM all say so in CUDA_VISIBLE_DEVICES)
         with open_dict(cfg):  # resume=auto and Lightning's names -> the file it starts from
             cfg.ckpt_path = resolve_checkpoint(cfg)
+        # gpu: what this job was given (local_gpus, Ray, SLURM all set CUDA_VISIBLE_DEVICES)
         record.update(overrides=job_overrides(), resumed_from=cfg.ckpt_path,
                       device=str(cfg.trainer.get("accelerator", "auto")),
                       gpu=os.environ.get("CUDA_VISIBLE_DEVICES"))
@@ -112,7 +112,7 @@ def _run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback]) -> dict[str, f
         log.info("trainer.precision=auto -> %s on this machine", cfg.trainer.precision)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
-    ckpt_path = resolve_checkpoint(cfg)
+    ckpt_path = cfg.get("ckpt_path")  # resolved by run()
     if not cfg.get("train") and not cfg.get("test"):
         raise ValueError("train=false and test=false: nothing to do")
 
