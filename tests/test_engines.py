@@ -167,17 +167,22 @@ def submitit_job_ids(sweep: Path) -> list[str]:
                       q.name.startswith(p.name + "_") for q in (sweep / ".submitit").iterdir())))
 
 
+def slurm_sweep_cmd(tmp_path: Path, sweep: Path, *overrides: str) -> list[str]:
+    """A tiny CharLM `launcher=slurm` sweep into `sweep`, on a text made here."""
+    text = write_text(tmp_path / "t.txt")
+    return train_cmd([*TINY, *SLURM_CPU, f"hydra.sweep.dir={sweep}", "data=text_file",
+                      f"data.corpus.path={text}", "+trainer.limit_val_batches=5", *overrides],
+                     tmp_path, multirun=True)
+
+
 def test_slurm_sweep_through_sbatch_comes_back(
         slurm_cluster: SlurmCluster, tmp_path: Path) -> None:  # noqa: F811 - the fixture
     """`launcher=slurm` submits a 2-job sweep with sbatch to the one-node cluster (2 GPUs of
     gres); both jobs run at once on distinct GPUs and their results come back."""
-    text = write_text(tmp_path / "t.txt")
     sweep = tmp_path / "sweep"
     res = subprocess.run(
-        train_cmd([*TINY, *SLURM_CPU, f"hydra.sweep.dir={sweep}", "data=text_file",
-                   f"data.corpus.path={text}", "+trainer.max_steps=60",
-                   "trainer.val_check_interval=30", "+trainer.limit_val_batches=5",
-                   "seed=1,2"], tmp_path, multirun=True),
+        slurm_sweep_cmd(tmp_path, sweep, "+trainer.max_steps=60", "trainer.val_check_interval=30",
+                        "seed=1,2"),
         cwd=ROOT, env=slurm_cluster.env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
     ids = submitit_job_ids(sweep)
@@ -199,13 +204,10 @@ def test_slurm_requeued_job_resumes_from_its_checkpoint(
     """SIGUSR1 to a running `launcher=slurm` job (what SLURM sends before a preemption or the
     time limit): Lightning saves hpc_ckpt_1.ckpt in the run directory and requeues the job
     with `scontrol requeue`; the second attempt restores it and finishes the run."""
-    text = write_text(tmp_path / "t.txt")
     sweep = tmp_path / "sweep"
     proc = subprocess.Popen(
-        train_cmd([*TINY, *SLURM_CPU, f"hydra.sweep.dir={sweep}", "data=text_file",
-                   f"data.corpus.path={text}", "+trainer.max_steps=400",
-                   "trainer.val_check_interval=50", "+trainer.limit_val_batches=5",
-                   "trainer.max_epochs=100", "seed=1"], tmp_path, multirun=True),
+        slurm_sweep_cmd(tmp_path, sweep, "+trainer.max_steps=400", "trainer.val_check_interval=50",
+                        "trainer.max_epochs=100", "seed=1"),
         cwd=ROOT, env=slurm_cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True)
     run_dir, job_id = sweep / "0", None
