@@ -150,7 +150,8 @@ def _run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback]) -> dict[str, f
             cb = trainer.checkpoint_callback
             test_ckpt = "best" if cb is not None and cb.best_model_path else None
             if test_ckpt is None:
-                log.warning("no best checkpoint (no checkpoint callback): testing current weights")
+                log.warning("no best checkpoint (no validation, or callbacks=none): testing "
+                            "the last weights")
         else:
             test_ckpt = None  # load_for_data loaded the weights
         trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt)

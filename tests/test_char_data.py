@@ -221,3 +221,19 @@ def test_window_mode_never_drops_a_whole_small_split(tmp_path: Path) -> None:
     dm = CharDataModule(TextFiles(path=str(f)), mode="window", batch_size=64, seq_len=16)
     dm.setup("fit")
     assert len(list(dm.train_dataloader())) == 1
+
+
+def test_eval_batch_size_sets_the_validation_streams(small_text: Path) -> None:
+    dm = CharDataModule(TextFiles(path=str(small_text)), batch_size=4, seq_len=8,
+                        eval_batch_size=2)
+    dm.setup("fit")
+    train_x, _ = next(iter(dm.train_dataloader()))
+    val = list(dm.val_dataloader())
+    assert train_x.shape[0] == 4 and val[0][0].shape[0] == 2
+    # two streams cover the val text up to a tail shorter than two characters
+    assert sum(x.numel() for x, _ in val) >= dm.ids["val"].numel() - 2 - 1
+    assert torch.equal(val[1][0][:, 0], val[0][1][:, -1])  # each val stream continues
+    too_many = CharDataModule(TextFiles(path=str(small_text)), batch_size=4, seq_len=8,
+                              eval_batch_size=10**6)
+    with pytest.raises(ValueError, match=r"data.eval_batch_size=1000000 streams"):
+        too_many.setup("fit")

@@ -160,6 +160,13 @@ def test_centre_crop_and_resize() -> None:
     assert resized.shape == (3, 32, 32) and resized.eq(1).all()
     strong = build_transform(32, train=True, augment="strong")(image)
     assert strong.shape == (3, 32, 32)
+    # strong after a resize: random crops of the resized photo at the asked size
+    half = half_black_half_white()
+    torch.manual_seed(0)
+    crops = [build_transform(16, train=True, resize=20, augment="strong")(half)
+             for _ in range(20)]
+    assert all(c.shape == (3, 16, 16) for c in crops)
+    assert len({round(float(c.mean()), 3) for c in crops}) > 5  # random crops, not one
     with pytest.raises(ValueError, match="data.augment"):
         build_transform(32, train=True, augment="heavy")  # type: ignore[arg-type]
 

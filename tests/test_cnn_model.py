@@ -14,11 +14,11 @@ from hw2.models.food_cnn import FoodCNN, FoodCNNBN, linear_in_features, resnet18
 
 
 def classifier(image_size: int = 32, l2: float = 0.0, channels_last: bool = False,
-               net=FoodCNN, num_classes: int = 4) -> ImageClassifier:
+               net=FoodCNN, num_classes: int = 4, **kwargs) -> ImageClassifier:
     return ImageClassifier(functools.partial(net), num_classes=num_classes,
                            class_names=[f"c{i}" for i in range(num_classes)],
                            image_size=image_size, channels_last=channels_last, l2=l2,
-                           optimizer=functools.partial(torch.optim.Adam, lr=1e-3))
+                           optimizer=functools.partial(torch.optim.Adam, lr=1e-3), **kwargs)
 
 
 @pytest.mark.parametrize(("size", "features"), [(512, 32 * 32 * 32), (256, 32 * 16 * 16),
@@ -106,3 +106,31 @@ def test_test_results_per_class_and_confusion() -> None:
     assert r["confusion"].tolist() == [[1, 0, 0, 0], [1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 0, 0]]
     acc = r["class_acc"].tolist()
     assert acc[:3] == [1.0, 0.5, 0.5] and acc[3] != acc[3]  # class 3 absent: nan
+
+
+def test_tta_flip_averages_the_mirror_image_at_evaluation_only() -> None:
+    torch.manual_seed(0)
+    plain, tta = classifier(), classifier(tta_flip=True)
+    tta.load_state_dict(plain.state_dict())
+    x = torch.randn(3, 3, 32, 32)
+    plain.eval()
+    tta.eval()
+    torch.testing.assert_close(tta(x), (plain(x) + plain(x.flip(-1))) / 2)
+    assert not torch.allclose(tta(x), plain(x))  # the mirror image counts
+    tta.train()
+    plain.train()
+    torch.testing.assert_close(tta(x), plain(x))  # training flips at random instead
+
+
+def test_dropout_before_fc_trains_only_and_adds_no_weights() -> None:
+    torch.manual_seed(0)
+    net = FoodCNN(num_classes=4, image_size=32, dropout=0.5)
+    assert [n for n, _ in net.named_parameters()] == [
+        n for n, _ in FoodCNN(num_classes=4, image_size=32).named_parameters()]
+    x = torch.randn(2, 3, 32, 32)
+    net.eval()
+    torch.testing.assert_close(net(x), net(x))
+    net.train()
+    assert not torch.allclose(net(x), net(x))
+    with pytest.raises(ValueError, match="model.net.dropout"):
+        FoodCNN(num_classes=4, image_size=32, dropout=1.0)

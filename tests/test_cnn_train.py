@@ -165,4 +165,23 @@ def test_cnn_learns_a_separable_task(tmp_path: Path, caplog: pytest.LogCaptureFi
         metrics = run(cfg)
     assert metrics["test/acc"] >= 0.9, metrics
     assert not (tmp_path / "run" / "checkpoints").exists()  # callbacks=none: no checkpoints
-    assert "testing current weights" in caplog.text  # test-after-fit says what it tests
+    assert "testing the last weights" in caplog.text  # test-after-fit says what it tests
+
+
+def test_no_validation_keeps_last_checkpoint_and_tests_last_weights(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        recwarn: pytest.WarningsRecorder) -> None:
+    """`data.val_fraction=0` (every photo trains): no best checkpoint and no per-epoch
+    'monitored key' warning; last.ckpt is kept and the final weights are tested."""
+    from tests.conftest import compose_train
+
+    data = make_photos(tmp_path / "photos")
+    cfg = compose_train([*COMMON, f"data.root={data}", "data.val_fraction=0", "logger=csv",
+                         "trainer.precision=32", f"paths.root_dir={tmp_path}"], tmp_path / "run")
+    with caplog.at_level(logging.INFO):
+        metrics = run(cfg)
+    assert "test/acc" in metrics and "val/acc" not in metrics
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["last.ckpt"]
+    assert caplog.text.count("no validation data: no best checkpoint by val/acc") == 1
+    assert "testing the last weights" in caplog.text
+    assert not [w for w in recwarn if "could not find the monitored key" in str(w.message)]

@@ -22,7 +22,21 @@ class FiniteCheckpoint(ModelCheckpoint):
     (a diverged run would otherwise overwrite the last good `last.ckpt`, e.g. through
     `save_on_exception`), and a stop for a non-finite loss saves nothing either. The loggers
     are flushed with every checkpoint, so a run killed later has its curves on disk up to the
-    checkpoint it resumes from (TensorBoard buffers up to two minutes otherwise)."""
+    checkpoint it resumes from (TensorBoard buffers up to two minutes otherwise). A run without
+    validation (`data.val_fraction=0`) keeps no best checkpoint, said once, instead of
+    Lightning's "could not find the monitored key" warning at every epoch end."""
+
+    def _save_topk_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict) -> None:
+        if (self.monitor is not None and self.monitor not in monitor_candidates
+                and not trainer.fit_loop.epoch_loop.val_loop._has_run):
+            # before the first validation (or with none at all) there is nothing to rank
+            if not sum(trainer.num_val_batches) and not getattr(self, "_said_no_validation",
+                                                                False):
+                log.info("no validation data: no best checkpoint by %s is kept (last.ckpt is; "
+                         "the last weights are tested)", self.monitor)
+                self._said_no_validation = True
+            return
+        super()._save_topk_checkpoint(trainer, monitor_candidates)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                      exception: BaseException) -> None:

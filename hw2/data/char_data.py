@@ -71,6 +71,7 @@ class CharDataModule(ResumableTrainData):
         mode: Literal["stream", "window"] = "stream",
         batch_size: int = 64,
         seq_len: int = 128,
+        eval_batch_size: int | None = None,
         stride: int | None = None,
         unknown_chars: Literal["map", "error"] = "map",
         num_workers: int = 0,
@@ -81,7 +82,8 @@ class CharDataModule(ResumableTrainData):
             raise ValueError(f"data.mode={mode!r} is not one of {MODES}")
         if unknown_chars not in ("map", "error"):
             raise ValueError(f"data.unknown_chars={unknown_chars!r} must be 'map' or 'error'")
-        for key, value in (("batch_size", batch_size), ("seq_len", seq_len)):
+        for key, value in (("batch_size", batch_size), ("seq_len", seq_len),
+                           ("eval_batch_size", eval_batch_size or 1)):
             if value < 1:
                 raise ValueError(f"data.{key} must be >= 1, got {value}")
         if stride is not None and stride < 1:
@@ -89,6 +91,7 @@ class CharDataModule(ResumableTrainData):
         self.corpus = corpus
         self.mode, self.batch_size, self.seq_len = mode, batch_size, seq_len
         self.stride = stride or seq_len
+        self.eval_batch_size = eval_batch_size or batch_size
         self.unknown_chars = unknown_chars
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.vocab: Vocab | None = None
@@ -115,14 +118,21 @@ class CharDataModule(ResumableTrainData):
         for split, ids in self.ids.items():
             self._check_length(split, ids.numel())
 
+    def _batch(self, split: str) -> tuple[int, str]:
+        """Streams (or windows) per batch of a split, and the key that sets it."""
+        if split == "train":
+            return self.batch_size, "data.batch_size"
+        return self.eval_batch_size, "data.eval_batch_size"
+
     def _check_length(self, split: str, n: int) -> None:
         if self.mode == "stream":
-            per_stream = n // self.batch_size
+            batch, key = self._batch(split)
+            per_stream = n // batch
             if per_stream - 1 < self.seq_len:
                 raise ValueError(
                     f"data.seq_len={self.seq_len} is too long for the {split} split: {n} chars "
-                    f"in data.batch_size={self.batch_size} streams leave {per_stream} per stream;"
-                    f" lower data.seq_len or data.batch_size")
+                    f"in {key}={batch} streams leave {per_stream} per stream;"
+                    f" lower data.seq_len or {key}")
         elif n < self.seq_len + 1:
             raise ValueError(f"data.seq_len={self.seq_len} is longer than the {split} split "
                              f"({n} chars); lower data.seq_len")
@@ -134,12 +144,13 @@ class CharDataModule(ResumableTrainData):
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         ids = self.ids[split]
+        batch = self._batch(split)[0]
         if self.mode == "stream":
             world, rank = 1, 0
             if self.trainer is not None:
                 world, rank = self.trainer.world_size, self.trainer.global_rank
-            streams = make_streams(ids, self.batch_size * world)
-            mine = streams[rank * self.batch_size : (rank + 1) * self.batch_size]
+            streams = make_streams(ids, batch * world)
+            mine = streams[rank * batch : (rank + 1) * batch]
             windows = StreamWindows(mine, self.seq_len)
             if train:
                 windows.start = self.resume_point(len(windows))[1]
@@ -153,7 +164,7 @@ class CharDataModule(ResumableTrainData):
             sampler = EpochSampler(len(windows), True, run_seed(), epoch, skip * self.batch_size)
         return (ResumableLoader if train else DataLoader)(
             windows,
-            batch_size=self.batch_size,
+            batch_size=batch,
             sampler=sampler,
             drop_last=train and len(windows) > self.batch_size,  # never an empty epoch
             num_workers=self.num_workers,

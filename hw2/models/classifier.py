@@ -72,6 +72,7 @@ class ImageClassifier(TaskModule):
         std: Sequence[float] = STD,
         channels_last: bool = True,
         label_smoothing: float = 0.0,
+        tta_flip: bool = False,
         l2: float = 0.0,
         skip_nonfinite: bool = False,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
@@ -92,6 +93,7 @@ class ImageClassifier(TaskModule):
         self.image_size = image_size
         self.channels_last = channels_last
         self.label_smoothing = label_smoothing
+        self.tta_flip = tta_flip
         self.net = build_net(net, num_classes=num_classes, image_size=image_size)
         if channels_last:
             # NHWC: oneDNN's fast convolution path on CPU (and tensor cores on GPU)
@@ -116,6 +118,9 @@ class ImageClassifier(TaskModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
+        if self.tta_flip and not self.training:
+            # evaluation sees the photo and its mirror image (training flips at random)
+            return (self.net(x) + self.net(x.flip(-1))) / 2
         return self.net(x)
 
     def _step(self, batch: Batch, stage: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -42,8 +42,11 @@ class FoodCNN(nn.Module):
     """The report's network: 3 x (Conv 5x5 pad 2 -> ReLU -> MaxPool 2, 2, 4) -> Linear."""
 
     def __init__(self, num_classes: int, image_size: int = 512,
-                 channels: Sequence[int] = (16, 32, 32), kernel_size: int = 5) -> None:
+                 channels: Sequence[int] = (16, 32, 32), kernel_size: int = 5,
+                 dropout: float = 0.0) -> None:
         super().__init__()
+        if not 0 <= dropout < 1:
+            raise ValueError(f"model.net.dropout must be in [0, 1), got {dropout}")
         c1, c2, c3 = _three(channels)
         pad = kernel_size // 2
         self.conv1 = nn.Conv2d(3, c1, kernel_size, padding=pad)
@@ -55,6 +58,8 @@ class FoodCNN(nn.Module):
         self.conv3 = nn.Conv2d(c2, c3, kernel_size, padding=pad)
         self.relu3 = nn.ReLU()
         self.pool3 = nn.MaxPool2d(POOLS[2])
+        # regularisation only (no weights): the network stays the report's 3 conv + 1 fc
+        self.drop = nn.Dropout(dropout)
         self.fc = nn.Linear(linear_in_features(image_size, c3), num_classes)
         self.image_size = image_size
 
@@ -67,7 +72,7 @@ class FoodCNN(nn.Module):
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             raise ValueError(f"FoodCNN built for {self.image_size}x{self.image_size} inputs got "
                              f"{tuple(x.shape[-2:])}: model and data.image_size must agree")
-        return self.fc(torch.flatten(self.features(x), 1))
+        return self.fc(self.drop(torch.flatten(self.features(x), 1)))
 
 
 class FoodCNNBN(nn.Module):
