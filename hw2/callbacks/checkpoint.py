@@ -26,12 +26,13 @@ class FiniteCheckpoint(ModelCheckpoint):
     validation (`data.val_fraction=0`) keeps no best checkpoint, said once, instead of
     Lightning's "could not find the monitored key" warning at every epoch end."""
 
+    _said_no_validation = False  # per instance once set
+
     def _save_topk_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict) -> None:
         if (self.monitor is not None and self.monitor not in monitor_candidates
                 and not trainer.fit_loop.epoch_loop.val_loop._has_run):
             # before the first validation (or with none at all) there is nothing to rank
-            if not sum(trainer.num_val_batches) and not getattr(self, "_said_no_validation",
-                                                                False):
+            if not sum(trainer.num_val_batches) and not self._said_no_validation:
                 log.info("no validation data: no best checkpoint by %s is kept (last.ckpt is; "
                          "the last weights are tested)", self.monitor)
                 self._said_no_validation = True
