@@ -4,11 +4,11 @@
     python bench/charlm.py --cells lstm --minutes 2
 
 Each cell trains through the project's own path (Hydra config -> hw2.train.run) with the tuned
-recipe `experiment=charlm_recipe` (2x512, stream batches 32x128, dropout 0.25, AdamW + weight
-decay, `trainer.precision=auto`) and the same time budget: the warm-up + cosine schedule is sized
-from each cell's measured training speed so that it ends with the budget (`trainer.max_time`
-stops the run). Val BPC is read back from the TensorBoard events with their wall times. Prints
-one table at the end.
+recipe `experiment=charlm_recipe` (2x512, stream batches 32x64, dropout 0.25, weight drop 0.2,
+AdamW + weight decay, `trainer.precision=auto`) and the same time budget: the warm-up + cosine
+schedule is sized from each cell's measured training speed so that it ends with the budget
+(`trainer.max_time` stops the run). Val BPC is read back from the TensorBoard events with their
+wall times. Prints one table at the end.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def probe_chars_per_sec(cell: str, batch: int, seq_len: int, dropout: float) -> float:
+def probe_chars_per_sec(cell: str, batch: int, seq_len: int, dropout: float,
+                        weight_drop: float) -> float:
     """Training throughput of the bare network at the precision the trainer will pick, to size
     the LR schedule to the time budget."""
     import torch
@@ -36,7 +37,7 @@ def probe_chars_per_sec(cell: str, batch: int, seq_len: int, dropout: float) -> 
 
     tune_malloc()  # as the trainer does
     bf16 = fast_precision("cpu") == "bf16-mixed"
-    net = CharRNN(65, cell, 128, 512, 2, dropout=dropout)
+    net = CharRNN(65, cell, 128, 512, 2, dropout=dropout, weight_drop=weight_drop)
     opt = torch.optim.AdamW(net.parameters(), 2e-3)
     x = torch.randint(0, 65, (batch, seq_len))
     for i in range(13):
@@ -61,7 +62,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cells", default="lstm,gru,rnn")
     ap.add_argument("--minutes", type=float, default=30.0)
-    ap.add_argument("--val-every", type=int, default=250, help="steps between validations")
+    ap.add_argument("--val-every", type=int, default=None,
+                    help="steps between validations (default: the recipe's)")
     ap.add_argument("--data-dir", default=os.environ.get("HW2_DATA_DIR",
                                                         str(ROOT.parent / "shared" / "data")))
     ap.add_argument("--out", default=None, help="run directories (default: a temp dir)")
@@ -81,9 +83,11 @@ def main() -> None:
     out_root = Path(args.out or tempfile.mkdtemp(prefix="bench_charlm_"))
     recipe = compose_config(["experiment=charlm_recipe"], out_root / "recipe")
     batch, seq_len = recipe.data.batch_size, recipe.data.seq_len
+    val_every = args.val_every or int(recipe.trainer.val_check_interval)
     rows = []
     for cell in args.cells.split(","):
-        cps = probe_chars_per_sec(cell, batch, seq_len, recipe.model.dropout)
+        cps = probe_chars_per_sec(cell, batch, seq_len, recipe.model.dropout,
+                                  recipe.model.weight_drop)
         # cosine schedule sized to the time budget (validation and start-up ~5 %); max_time
         # stops the run if the machine is slower than the probe said
         steps = int(args.minutes * 60 * cps / (batch * seq_len) * 0.95)
@@ -92,7 +96,7 @@ def main() -> None:
             "experiment=charlm_recipe", f"paths.data_dir={args.data_dir}", f"model.cell={cell}",
             f"paths.root_dir={out_root}", f"trainer.max_steps={steps}",
             f"+trainer.max_time={{minutes: {args.minutes}}}",
-            f"trainer.val_check_interval={args.val_every}",
+            f"trainer.val_check_interval={val_every}",
             "callbacks.progress_bar.refresh_rate=0",
             "trainer.enable_model_summary=false", "callbacks.text_sample.length=100",
         ], out)

@@ -16,6 +16,11 @@ seeds for each path, and the difference of the means.
 
 `--hw2-overrides` passes extra train.py overrides to (a) (e.g. `data.val_fraction=0.1` to
 train on 90 % of the photos as a validation split would).
+
+`--paired` takes the seeds out of the comparison: (b) starts from the weights that (a) started
+from and reads (a)'s own batches (hw2's data module, the same per-epoch order and flips), so
+any difference left is the framework's doing (with the same NHWC layout as (a), so the same
+conv kernels run): the two paths should then give the same curves.
 """
 
 from __future__ import annotations
@@ -86,11 +91,15 @@ def test_accuracy(model: nn.Module, loader: DataLoader, precision: str) -> float
 
 class Curve(pl.Callback):
     """(a)'s per-epoch train accuracy (the model's own epoch metric) and test accuracy scored
-    by `test_accuracy`, like (b)."""
+    by `test_accuracy`, like (b); also the weights it started from (for `--paired`)."""
 
     def __init__(self, test_loader: DataLoader, precision: str) -> None:
         self.test_loader, self.precision = test_loader, precision
         self.rows: list[tuple[float, float, float]] = []
+        self.initial: list[torch.Tensor] = []
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.initial = [p.detach().clone() for p in pl_module.net.parameters()]
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.start = time.perf_counter()
@@ -103,7 +112,7 @@ class Curve(pl.Callback):
 
 
 def through_train_py(args: argparse.Namespace, seed: int, test_loader: DataLoader,
-                     precision: str) -> list[tuple[float, float, float]]:
+                     precision: str) -> Curve:
     from hw2.config import compose_config
     from hw2.train import run
 
@@ -118,20 +127,46 @@ def through_train_py(args: argparse.Namespace, seed: int, test_loader: DataLoade
     ], out)
     curve = Curve(test_loader, precision)
     run(cfg, extra_callbacks=[curve])
-    return curve.rows
+    return curve
+
+
+def hw2_batches(args: argparse.Namespace, seed: int) -> tuple[object, int]:
+    """(a)'s training loader, made by hw2's data module as train.py makes it (`--paired`):
+    its order and flips follow the run's seed and the epoch (set per epoch below)."""
+    from hw2.data.image_data import ImageDataModule
+
+    os.environ["PL_GLOBAL_SEED"] = str(seed)  # what seed_everything(seed) sets for (a)
+    dm = ImageDataModule(str(args.data), image_size=args.image_size, resize=args.resize,
+                         val_fraction=0, batch_size=args.batch_size,
+                         num_workers=args.num_workers)
+    dm.setup("fit")
+    return dm.train_dataloader(), len(dm.class_names)
 
 
 def plain_loop(args: argparse.Namespace, seed: int, train_set: datasets.ImageFolder,
-               test_loader: DataLoader, precision: str) -> list[tuple[float, float, float]]:
+               test_loader: DataLoader, precision: str,
+               initial: list[torch.Tensor] | None = None) -> list[tuple[float, float, float]]:
     torch.manual_seed(seed)
     model = report_cnn(len(train_set.classes), args.image_size)
+    loader: object = DataLoader(train_set, batch_size=args.batch_size, shuffle=True,
+                                num_workers=args.num_workers)
+    memory = torch.contiguous_format
+    if initial is not None:  # --paired: (a)'s starting weights (same creation order) and batches
+        with torch.no_grad():
+            for p, w in zip(model.parameters(), initial, strict=True):
+                p.copy_(w)
+        loader, classes = hw2_batches(args, seed)
+        assert classes == len(train_set.classes)
+        memory = torch.channels_last  # (a)'s layout (model.channels_last): the same conv kernels
+        model = model.to(memory_format=memory)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True,
-                        num_workers=args.num_workers)
     rows = []
-    for _ in range(args.epochs):
+    for epoch in range(args.epochs):
         start, correct, total = time.perf_counter(), 0, 0
+        if initial is not None:
+            loader.sampler.set_epoch(epoch)  # as Lightning does for (a)
         for x, y in loader:
+            x = x.contiguous(memory_format=memory)
             with autocast(precision):
                 logits = model(x).float()
             loss = F.cross_entropy(logits, y)
@@ -161,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--precision", default="auto", help="auto: what trainer.precision=auto picks")
     p.add_argument("--hw2-overrides", nargs="*", default=[], help="extra overrides for (a)")
+    p.add_argument("--paired", action="store_true",
+                   help="(b) starts from (a)'s initial weights and reads (a)'s batches")
     args = p.parse_args(argv)
     args.data = (args.data or default_data()).resolve()
     if not (args.data / "train").is_dir():
@@ -180,13 +217,18 @@ def main(argv: list[str] | None = None) -> int:
     test_loader = DataLoader(test_set, batch_size=64, num_workers=args.num_workers)
     print(f"{args.data}: {len(train_set)} train / {len(test_set)} test photos, "
           f"{len(train_set.classes)} classes; {args.image_size} px, precision {precision}, "
-          f"{args.seeds} seeds x {args.epochs} epochs; torch {torch.__version__}, "
+          f"{args.seeds} seeds x {args.epochs} epochs{', paired' if args.paired else ''}; "
+          f"torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads", flush=True)
 
     runs: dict[str, list[list[tuple[float, float, float]]]] = {"train.py": [], "plain": []}
+    if args.paired and "data.val_fraction=0" not in args.hw2_overrides:
+        args.hw2_overrides.append("data.val_fraction=0")  # (b) reads every training photo
     for seed in range(args.seeds):
-        runs["train.py"].append(through_train_py(args, seed, test_loader, precision))
-        runs["plain"].append(plain_loop(args, seed, train_set, test_loader, precision))
+        curve = through_train_py(args, seed, test_loader, precision)
+        runs["train.py"].append(curve.rows)
+        runs["plain"].append(plain_loop(args, seed, train_set, test_loader, precision,
+                                        curve.initial if args.paired else None))
         for name, rows in runs.items():
             print(f"seed {seed} {name:>8}: test acc " +
                   " ".join(f"{100 * r[1]:5.1f}" for r in rows[-1]) +

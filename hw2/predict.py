@@ -51,6 +51,8 @@ def predict(ckpt: str | Path, images: str | Path | Iterable[str | Path], top_k: 
     hp = model.hparams
     transform = build_transform(hp.image_size, train=False, resize=hp.get("resize"),
                                 mean=hp.get("mean", (0.5,) * 3), std=hp.get("std", (0.5,) * 3))
+    # decoded as the data module decoded them (checkpoints without the key were drafted)
+    min_side = hp.get("resize") if hp.get("jpeg_draft", True) else None
     names: Sequence[str] = model.class_names
     k = min(top_k, len(names))
     files = image_files(images)
@@ -58,7 +60,7 @@ def predict(ckpt: str | Path, images: str | Path | Iterable[str | Path], top_k: 
         batch, good = [], []
         for path in files[start:start + batch_size]:
             try:
-                batch.append(transform(load_rgb(path, hp.get("resize"))))
+                batch.append(transform(load_rgb(path, min_side)))
                 good.append(path)
             except BadImageError as e:
                 yield path, str(e)

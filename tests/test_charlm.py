@@ -55,6 +55,30 @@ def test_tied_weights_share_the_matrix() -> None:
         CharRNN(10, embedding_dim=8, hidden_size=16, tie_weights=True)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_weight_drop_masks_the_recurrent_weights_in_training_only(cell: str) -> None:
+    """DropConnect: in training the hidden-to-hidden matrices are masked (the same mask for
+    every stream and step, rescaled), the parameters themselves stay whole and get gradients
+    only through kept entries; in eval the net is exactly the undropped one."""
+    torch.manual_seed(0)
+    net = CharRNN(12, cell=cell, embedding_dim=8, hidden_size=16, num_layers=2, weight_drop=0.5)
+    plain = CharRNN(12, cell=cell, embedding_dim=8, hidden_size=16, num_layers=2)
+    plain.load_state_dict(net.state_dict())
+    x = torch.randint(0, 12, (3, 20))
+    before = net.rnn.weight_hh_l0.detach().clone()
+    out, _ = net.train()(x)
+    assert not torch.allclose(out, plain.train()(x)[0])
+    out.sum().backward()
+    torch.testing.assert_close(net.rnn.weight_hh_l0.detach(), before)  # never overwritten
+    grad = net.rnn.weight_hh_l0.grad
+    dropped = grad == 0
+    assert 0.3 < dropped.float().mean() < 0.7  # about half the entries got no gradient
+    assert net.rnn.weight_ih_l0.grad.ne(0).float().mean() > 0.9  # input weights not dropped
+    torch.testing.assert_close(net.eval()(x)[0], plain.eval()(x)[0])
+    with pytest.raises(ValueError, match="model.weight_drop"):
+        CharRNN(12, weight_drop=1.0)
+
+
 def test_bpc_is_weighted_over_characters_like_a_hand_computation() -> None:
     """With a constant output distribution p, BPC over a split is -mean(log2 p[y]) over every
     character, whatever the window sizes (the last stream window is shorter)."""

@@ -87,7 +87,8 @@ def test_datamodule_model_kwargs(tmp_path: Path) -> None:
     dm = ImageDataModule(str(make_folders(tmp_path / "d")), image_size=32, num_workers=0)
     dm.setup("fit")
     assert dm.model_kwargs() == {"num_classes": 3, "class_names": sorted(CLASSES),
-                                 "image_size": 32, "resize": None, "mean": [0.5] * 3,
+                                 "image_size": 32, "resize": None, "jpeg_draft": False,
+                                 "mean": [0.5] * 3,
                                  "std": [0.5] * 3}
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape[1:] == (3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
@@ -237,6 +238,11 @@ def test_draft_decoding_with_resize(tmp_path: Path) -> None:
     assert min(load_rgb(path, min_side=64).size) >= 64
     assert load_rgb(path, min_side=64).size[0] < 400  # decoded at a reduced scale
     dm = ImageDataModule(str(make_folders(tmp_path / "d")), image_size=16, resize=16,
-                         num_workers=0)
+                         num_workers=0, jpeg_draft=True)
     dm.setup()
     assert dm.datasets["train"][0][0].shape == (3, 16, 16)
+    assert dm.datasets["train"].min_side == 16
+    whole = ImageDataModule(str(make_folders(tmp_path / "w")), image_size=16, resize=16)
+    whole.setup()  # the default: decoded whole, as torchvision's ImageFolder does
+    assert whole.datasets["train"].min_side is None
+    assert whole.datasets["train"][0][0].shape == (3, 16, 16)

@@ -185,3 +185,49 @@ def test_no_validation_keeps_last_checkpoint_and_tests_last_weights(
     assert caplog.text.count("no validation data: no best checkpoint by val/acc") == 1
     assert "testing the last weights" in caplog.text
     assert not [w for w in recwarn if "could not find the monitored key" in str(w.message)]
+
+
+def test_train_py_takes_the_plain_loops_steps(tmp_path: Path, compose_cfg: Callable) -> None:
+    """No learning tax: from the same initial weights and on the same batches (hw2's own
+    loader), train.py with the default callbacks and loggers ends with the weights that a
+    plain loop (forward, cross-entropy, backward, Adam step) reaches."""
+    import pytorch_lightning as pl
+    import torch.nn.functional as F
+
+    from hw2.data.image_data import ImageDataModule
+    from hw2.models.food_cnn import FoodCNN
+
+    class Weights(pl.Callback):
+        def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            self.first = {k: v.clone() for k, v in pl_module.net.state_dict().items()}
+
+        def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            self.last = {k: v.clone() for k, v in pl_module.net.state_dict().items()}
+
+    data = make_photos(tmp_path / "photos")
+    cfg = compose_cfg(["task=cnn", f"data.root={data}", "data.image_size=32",
+                       "data.batch_size=4", "data.val_fraction=0", "trainer.accelerator=cpu",
+                       "trainer.max_epochs=3", "trainer.precision=32", "seed=7", "test=false",
+                       "trainer.log_every_n_steps=1"])
+    weights = Weights()
+    run(cfg, extra_callbacks=[weights])
+
+    net = FoodCNN(len(CLASSES), 32).to(memory_format=torch.channels_last)
+    net.load_state_dict(weights.first)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    dm = ImageDataModule(str(data), image_size=32, val_fraction=0, batch_size=4)
+    dm.setup("fit")  # PL_GLOBAL_SEED is still the run's: the same order and flips
+    loader = dm.train_dataloader()
+    steps = 0
+    for epoch in range(3):
+        loader.sampler.set_epoch(epoch)
+        for x, y in loader:
+            loss = F.cross_entropy(net(x.contiguous(memory_format=torch.channels_last)), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            steps += 1
+    assert steps == 3 * 5  # 18 photos in batches of 4: nothing dropped
+    assert not torch.equal(weights.first["fc.weight"], weights.last["fc.weight"])
+    for name, value in net.state_dict().items():
+        torch.testing.assert_close(weights.last[name], value, rtol=1e-5, atol=1e-6, msg=name)

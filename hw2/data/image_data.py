@@ -140,6 +140,7 @@ class ImageDataModule(ResumableTrainData):
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
         skip_bad_images: bool = False,
+        jpeg_draft: bool = False,
         download: bool = False,
     ) -> None:
         super().__init__()
@@ -159,6 +160,7 @@ class ImageDataModule(ResumableTrainData):
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
         self.skip_bad_images, self.download = skip_bad_images, download
+        self.jpeg_draft = jpeg_draft
         self.splits: Splits | None = None
         self.datasets: dict[str, ImageSamples] = {}
 
@@ -174,8 +176,11 @@ class ImageDataModule(ResumableTrainData):
         if self.skip_bad_images:
             self._drop_bad(splits)
         self.splits = splits
-        # decode JPEGs no larger than needed when the shorter side is resized anyway
-        min_side = self.resize
+        # jpeg_draft: decode JPEGs no larger than needed when the shorter side is resized anyway.
+        # Off by default: the pixels then differ from a whole decode + resize (torchvision's
+        # ImageFolder), and training photos decoded so were fitted 5 points less well
+        # (bench/cnn_parity.py); a speed knob for recipes that were measured with it
+        min_side = self.resize if self.jpeg_draft else None
         for split, samples in splits.samples.items():
             kind = "train" if split == "train" else "eval"
             self.datasets[split] = ImageSamples(samples, self.transforms[kind], min_side)
@@ -213,7 +218,8 @@ class ImageDataModule(ResumableTrainData):
         checkpoint keeps for `hw2.predict`."""
         names = self.class_names
         return {"num_classes": len(names), "class_names": names, "image_size": self.image_size,
-                "resize": self.resize, "mean": list(MEAN), "std": list(STD)}
+                "resize": self.resize, "jpeg_draft": self.jpeg_draft, "mean": list(MEAN),
+                "std": list(STD)}
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         if not self.datasets:

@@ -48,8 +48,11 @@ class CharRNN(nn.Module):
         num_layers: int = 2,
         dropout: float = 0.0,
         tie_weights: bool = False,
+        weight_drop: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0 <= weight_drop < 1:
+            raise ValueError(f"model.weight_drop must be in [0, 1), got {weight_drop}")
         if cell not in CELLS:
             raise ValueError(f"model.cell={cell!r} is not a cell; choose one of {sorted(CELLS)}")
         if tie_weights and embedding_dim != hidden_size:
@@ -65,10 +68,21 @@ class CharRNN(nn.Module):
         self.head = nn.Linear(hidden_size, vocab_size)
         if tie_weights:
             self.head.weight = self.embedding.weight
+        self.weight_drop = weight_drop
+
+    def _recur(self, x: torch.Tensor, hidden: Hidden | None) -> tuple[torch.Tensor, Hidden]:
+        """The cell, with DropConnect on its hidden-to-hidden weights in training (AWD-LSTM's
+        weight drop: one mask per window, shared by every stream and time step, so it
+        regularises the recurrence itself, which dropout between layers never touches)."""
+        if not (self.training and self.weight_drop > 0):
+            return self.rnn(x, hidden)
+        dropped = {name: F.dropout(w, self.weight_drop)
+                   for name, w in self.rnn.named_parameters() if name.startswith("weight_hh")}
+        return torch.func.functional_call(self.rnn, dropped, (x, hidden))
 
     def forward(self, x: torch.Tensor, hidden: Hidden | None = None) -> tuple[torch.Tensor, Hidden]:
         """x: (batch, time) indices -> logits (batch, time, vocab), new hidden state."""
-        out, hidden = self.rnn(self.embedding(x), hidden)
+        out, hidden = self._recur(self.embedding(x), hidden)
         return self.head(self.drop(out)), hidden
 
 
@@ -85,6 +99,7 @@ class CharLM(TaskModule):
         num_layers: int = 2,
         dropout: float = 0.0,
         tie_weights: bool = False,
+        weight_drop: float = 0.0,
         l2: float = 0.0,
         skip_nonfinite: bool = False,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
@@ -96,7 +111,7 @@ class CharLM(TaskModule):
         self.vocab = Vocab.from_state_dict(vocab)
         self.carry_hidden = carry_hidden
         self.net = CharRNN(len(self.vocab), cell, embedding_dim, hidden_size, num_layers,
-                           dropout, tie_weights)
+                           dropout, tie_weights, weight_drop)
         self.state: dict[str, Hidden | None] = {}
         # mean NLL in nats and in bits, weighted by characters, so BPC is exact over a split;
         # logged as metric objects (Lightning computes and resets them at epoch end). The
