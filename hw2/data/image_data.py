@@ -178,8 +178,8 @@ class ImageDataModule(ResumableTrainData):
         self.splits = splits
         # jpeg_draft: decode JPEGs no larger than needed when the shorter side is resized anyway.
         # Off by default: the pixels then differ from a whole decode + resize (torchvision's
-        # ImageFolder), and training photos decoded so were fitted 5 points less well
-        # (bench/cnn_parity.py); a speed knob for recipes that were measured with it
+        # ImageFolder), which changed training accuracy (bench/cnn_parity.py seed 0: 46.2 vs
+        # 51.1 %); a speed knob for recipes that were measured with it
         min_side = self.resize if self.jpeg_draft else None
         for split, samples in splits.samples.items():
             kind = "train" if split == "train" else "eval"
