@@ -130,7 +130,7 @@ def through_train_py(args: argparse.Namespace, seed: int, test_loader: DataLoade
     return curve
 
 
-def hw2_batches(args: argparse.Namespace, seed: int) -> tuple[object, int]:
+def hw2_batches(args: argparse.Namespace, seed: int) -> DataLoader:
     """(a)'s training loader, made by hw2's data module as train.py makes it (`--paired`):
     its order and flips follow the run's seed and the epoch (set per epoch below)."""
     from hw2.data.image_data import ImageDataModule
@@ -140,7 +140,7 @@ def hw2_batches(args: argparse.Namespace, seed: int) -> tuple[object, int]:
                          val_fraction=0, batch_size=args.batch_size,
                          num_workers=args.num_workers)
     dm.setup("fit")
-    return dm.train_dataloader(), len(dm.class_names)
+    return dm.train_dataloader()
 
 
 def plain_loop(args: argparse.Namespace, seed: int, train_set: datasets.ImageFolder,
@@ -148,15 +148,15 @@ def plain_loop(args: argparse.Namespace, seed: int, train_set: datasets.ImageFol
                initial: list[torch.Tensor] | None = None) -> list[tuple[float, float, float]]:
     torch.manual_seed(seed)
     model = report_cnn(len(train_set.classes), args.image_size)
-    loader: object = DataLoader(train_set, batch_size=args.batch_size, shuffle=True,
-                                num_workers=args.num_workers)
     memory = torch.contiguous_format
-    if initial is not None:  # --paired: (a)'s starting weights (same creation order) and batches
+    if initial is None:
+        loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True,
+                            num_workers=args.num_workers)
+    else:  # --paired: (a)'s starting weights (same creation order) and batches
         with torch.no_grad():
             for p, w in zip(model.parameters(), initial, strict=True):
                 p.copy_(w)
-        loader, classes = hw2_batches(args, seed)
-        assert classes == len(train_set.classes)
+        loader = hw2_batches(args, seed)
         memory = torch.channels_last  # (a)'s layout (model.channels_last): the same conv kernels
         model = model.to(memory_format=memory)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
