@@ -17,7 +17,7 @@ from hw2.checkpoints import load_module
 from hw2.data.char_data import StreamWindows, make_streams
 from hw2.data.vocab import Vocab
 from hw2.generate import generate
-from hw2.models.charlm import CharLM, CharRNN
+from hw2.models.charlm import CharLM, CharRNN, drop_connect
 from hw2.train import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,6 +77,37 @@ def test_weight_drop_masks_the_recurrent_weights_in_training_only(cell: str) -> 
     torch.testing.assert_close(net.eval()(x)[0], plain.eval()(x)[0])
     with pytest.raises(ValueError, match="model.weight_drop"):
         CharRNN(12, weight_drop=1.0)
+
+
+def test_input_dropout_drops_embedded_characters_in_training_only() -> None:
+    """Dropout on the embedding's output: training outputs change, eval is the plain net, and
+    a rate outside [0, 1) is an error naming its key."""
+    torch.manual_seed(0)
+    net = CharRNN(12, embedding_dim=8, hidden_size=16, num_layers=1, input_dropout=0.5)
+    plain = CharRNN(12, embedding_dim=8, hidden_size=16, num_layers=1)
+    plain.load_state_dict(net.state_dict())
+    x = torch.randint(0, 12, (3, 20))
+    out, _ = net.train()(x)
+    assert not torch.allclose(out, plain.train()(x)[0])
+    torch.testing.assert_close(net.eval()(x)[0], plain.eval()(x)[0])
+    for key in ("dropout", "input_dropout"):
+        with pytest.raises(ValueError, match=f"model.{key} must be in"):
+            CharRNN(12, **{key: 1.0})
+
+
+@pytest.mark.parametrize("p", [0.2, 0.5])
+def test_drop_connect_drops_at_the_rate_and_keeps_the_mean(p: float) -> None:
+    """The byte mask drops a fraction p (to 1/256) of the entries, scales the kept ones so the
+    expected weight is unchanged, and draws a new mask each call."""
+    torch.manual_seed(0)
+    w = torch.rand(512, 256) + 0.5
+    out = drop_connect(w, p)
+    dropped = out == 0
+    assert abs(dropped.float().mean().item() - p) < 0.01
+    scale = 256 / (256 - round(p * 256))
+    torch.testing.assert_close(out[~dropped], w[~dropped] * scale)
+    assert abs(out.mean().item() / w.mean().item() - 1) < 0.01
+    assert not torch.equal(dropped, drop_connect(w, p) == 0)
 
 
 def test_bpc_is_weighted_over_characters_like_a_hand_computation() -> None:

@@ -149,6 +149,26 @@ def test_cnn_sigkill_mid_epoch_resumes_to_the_same_end(photos: Path, tmp_path: P
     assert_same_run(out, run_dir(tmp_path, "cnn", "full"))
 
 
+def test_weight_averaging_resumes_to_the_same_end(charlm_args: list[str], charlm_full: Path,
+                                                  tmp_path: Path) -> None:
+    """With Lightning's EMAWeightAveraging (as experiment=charlm_recipe uses it) validation and
+    checkpoints hold the average, and a killed run resumes both the weights and their average."""
+    args = [*charlm_args, "+callbacks.weight_averaging.decay=0.9",
+            "+callbacks.weight_averaging._target_=pytorch_lightning.callbacks.EMAWeightAveraging"]
+    full = train(args, tmp_path, "full")
+    assert full.returncode == 0, full.stdout[-3000:]
+    averaged = run_dir(tmp_path, "charlm", "full")
+    assert metrics(averaged)["val/bpc"] != metrics(charlm_full)["val/bpc"]  # the average is scored
+    last = torch.load(averaged / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    weight = "net.rnn.weight_hh_l0"
+    assert not torch.equal(last["state_dict"][weight], last["current_model_state"][weight])
+    killed = train([*args, *fault("kill", at_step=34)], tmp_path, "cut")
+    assert killed.returncode == -signal.SIGKILL
+    resumed = train(args, tmp_path, "cut")
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    assert_same_run(run_dir(tmp_path, "charlm", "cut"), averaged)
+
+
 def test_sigkill_inside_a_checkpoint_save_keeps_the_previous_one(
         charlm_args: list[str], charlm_full: Path, tmp_path: Path) -> None:
     """Killed while writing the 4th checkpoint (last.ckpt at the 2nd validation)."""

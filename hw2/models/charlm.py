@@ -27,6 +27,17 @@ def to_device(hidden: Hidden | None, device: torch.device) -> Hidden | None:
     return hidden.to(device)
 
 
+def drop_connect(weight: torch.Tensor, p: float) -> torch.Tensor:
+    """`weight` with entries zeroed at rate p (rounded to 1/256) and the rest scaled up, as
+    dropout does. The mask is cut from random bytes, 8 per 64-bit draw: on a CPU that is 3x
+    cheaper than F.dropout, whose bernoulli_ draws once per entry (9.5 vs 3.1 ms for a 2048x512
+    LSTM matrix, 6 % of a recipe step for two of them)."""
+    cut = min(round(p * 256), 255)
+    draws = torch.empty(-(-weight.numel() // 8), dtype=torch.int64, device=weight.device)
+    keep = draws.random_(-(2**63), 2**63 - 1).view(torch.uint8)[: weight.numel()] >= cut
+    return torch.where(keep.view(weight.shape), weight * (256 / (256 - cut)), 0.0)
+
+
 def detach(hidden: Hidden | None) -> Hidden | None:
     """Cut the graph between windows (truncated BPTT) but keep the state's values."""
     if hidden is None:
@@ -49,10 +60,13 @@ class CharRNN(nn.Module):
         dropout: float = 0.0,
         tie_weights: bool = False,
         weight_drop: float = 0.0,
+        input_dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        if not 0 <= weight_drop < 1:
-            raise ValueError(f"model.weight_drop must be in [0, 1), got {weight_drop}")
+        for key, rate in (("dropout", dropout), ("input_dropout", input_dropout),
+                          ("weight_drop", weight_drop)):
+            if not 0 <= rate < 1:
+                raise ValueError(f"model.{key} must be in [0, 1), got {rate}")
         if cell not in CELLS:
             raise ValueError(f"model.cell={cell!r} is not a cell; choose one of {sorted(CELLS)}")
         if tie_weights and embedding_dim != hidden_size:
@@ -65,6 +79,7 @@ class CharRNN(nn.Module):
             dropout=dropout if num_layers > 1 else 0.0, **extra,
         )
         self.drop = nn.Dropout(dropout)
+        self.input_drop = nn.Dropout(input_dropout)
         self.head = nn.Linear(hidden_size, vocab_size)
         if tie_weights:
             self.head.weight = self.embedding.weight
@@ -76,13 +91,13 @@ class CharRNN(nn.Module):
         regularises the recurrence itself, which dropout between layers never touches)."""
         if not (self.training and self.weight_drop > 0):
             return self.rnn(x, hidden)
-        dropped = {name: F.dropout(w, self.weight_drop)
+        dropped = {name: drop_connect(w, self.weight_drop)
                    for name, w in self.rnn.named_parameters() if name.startswith("weight_hh")}
         return torch.func.functional_call(self.rnn, dropped, (x, hidden))
 
     def forward(self, x: torch.Tensor, hidden: Hidden | None = None) -> tuple[torch.Tensor, Hidden]:
         """x: (batch, time) indices -> logits (batch, time, vocab), new hidden state."""
-        out, hidden = self._recur(self.embedding(x), hidden)
+        out, hidden = self._recur(self.input_drop(self.embedding(x)), hidden)
         return self.head(self.drop(out)), hidden
 
 
@@ -100,6 +115,7 @@ class CharLM(TaskModule):
         dropout: float = 0.0,
         tie_weights: bool = False,
         weight_drop: float = 0.0,
+        input_dropout: float = 0.0,
         l2: float = 0.0,
         skip_nonfinite: bool = False,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
@@ -111,7 +127,7 @@ class CharLM(TaskModule):
         self.vocab = Vocab.from_state_dict(vocab)
         self.carry_hidden = carry_hidden
         self.net = CharRNN(len(self.vocab), cell, embedding_dim, hidden_size, num_layers,
-                           dropout, tie_weights, weight_drop)
+                           dropout, tie_weights, weight_drop, input_dropout)
         self.state: dict[str, Hidden | None] = {}
         # mean NLL in nats and in bits, weighted by characters, so BPC is exact over a split;
         # logged as metric objects (Lightning computes and resets them at epoch end). The
