@@ -8,9 +8,16 @@ import threading
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
-from hw2.data.char_data import CharDataModule, SlidingWindows, StreamWindows, make_streams
+from hw2.data.char_data import (
+    CharDataModule,
+    SlidingWindows,
+    StreamWindows,
+    make_streams,
+    stream_offset,
+)
 from hw2.data.corpus import IambicPlays, TextFiles, TinyShakespeare, render_play
 from hw2.data.vocab import Vocab
 
@@ -23,14 +30,14 @@ def test_report_nctu_example_batch2_timestep3() -> None:
     assert [vocab.decode(row) for row in streams] == ["NCTU i", "s good"]
     pairs = [
         ([vocab.decode(col) for col in x.T], [vocab.decode(col) for col in y.T])
-        for x, y in StreamWindows(streams, seq_len=3)
+        for x, y in StreamWindows(vocab.encode(text), 2, seq_len=3)
     ]
     # the report's [N, s][C, _][T, g] -> [C, _][T, g][U, o], then [U, o][_, o] -> [_, o][i, d]
     assert pairs == [
         (["Ns", "C ", "Tg"], ["C ", "Tg", "Uo"]),
         (["Uo", " o"], [" o", "id"]),
     ]
-    assert len(StreamWindows(streams, seq_len=3)) == 2
+    assert len(StreamWindows(vocab.encode(text), 2, seq_len=3)) == 2
 
 
 def test_sliding_windows_stride_and_shift() -> None:
@@ -113,6 +120,45 @@ def test_datamodule_stream_loader_is_ordered(small_text: Path) -> None:
     assert x0.shape == (4, 16)
     assert torch.equal(x1[:, 0], y0[:, -1])  # window 2 continues each stream
     assert dm.model_kwargs()["carry_hidden"] is True
+
+
+class _FirstWindows(pl.LightningModule):
+    """Records the first training window of every epoch; learns nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+        self.first: dict[int, torch.Tensor] = {}
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], i: int) -> torch.Tensor:
+        self.first.setdefault(self.current_epoch, batch[0])
+        return self.w * 0
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_shifted_streams_are_cut_anew_each_epoch_from_seed_and_epoch(tmp_path: Path) -> None:
+    """data.shift_streams: every epoch rotates the training text by stream_offset(seed, epoch)
+    before cutting the streams, so epochs differ yet replay exactly; validation never moves."""
+    f = tmp_path / "t.txt"
+    f.write_text("".join(chr(33 + (i * 7919) % 90) for i in range(5000)))  # no repeats nearby
+    dm = CharDataModule(TextFiles(path=str(f)), batch_size=4, seq_len=16, shift_streams=True)
+    pl.seed_everything(7)
+    model = _FirstWindows()
+    pl.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False, limit_val_batches=0).fit(model, dm)
+    ids = dm.ids["train"]
+    offsets = [stream_offset(7, epoch, ids.numel()) for epoch in range(3)]
+    assert len(set(offsets)) == 3
+    for epoch, shift in enumerate(offsets):
+        streams = make_streams(torch.cat((ids[shift:], ids[:shift])), 4)
+        assert torch.equal(model.first[epoch], streams[:, :16])
+    fixed = CharDataModule(TextFiles(path=str(f)), batch_size=4, seq_len=16)
+    fixed.setup("fit")
+    assert torch.equal(next(iter(fixed.train_dataloader()))[0], make_streams(ids, 4)[:, :16])
+    assert torch.equal(next(iter(dm.val_dataloader()))[0],
+                       next(iter(fixed.val_dataloader()))[0])
 
 
 def test_render_play_markdown() -> None:

@@ -121,7 +121,7 @@ def test_bpc_is_weighted_over_characters_like_a_hand_computation() -> None:
         model.net.head.weight.zero_()
         model.net.head.bias.copy_(bias)
     streams = make_streams(vocab.encode(text), 2)
-    loader = DataLoader(StreamWindows(streams, seq_len=10), batch_size=None)
+    loader = DataLoader(StreamWindows(vocab.encode(text), 2, seq_len=10), batch_size=None)
     trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, accelerator="cpu")
     trainer.validate(model, loader, verbose=False)

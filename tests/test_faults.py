@@ -169,6 +169,22 @@ def test_weight_averaging_resumes_to_the_same_end(charlm_args: list[str], charlm
     assert_same_run(run_dir(tmp_path, "charlm", "cut"), averaged)
 
 
+def test_shifted_streams_resume_to_the_same_end(charlm_args: list[str], charlm_full: Path,
+                                                tmp_path: Path) -> None:
+    """data.shift_streams cuts each epoch's streams at an offset from (seed, epoch): a run
+    killed in its second epoch resumes with that epoch's streams, not the first epoch's."""
+    args = [*charlm_args, "data.shift_streams=true"]
+    full = train(args, tmp_path, "full")
+    assert full.returncode == 0, full.stdout[-3000:]
+    shifted = run_dir(tmp_path, "charlm", "full")
+    assert curves(shifted)["train/loss"] != curves(charlm_full)["train/loss"]
+    killed = train([*args, *fault("kill", at_step=34)], tmp_path, "cut")
+    assert killed.returncode == -signal.SIGKILL
+    resumed = train(args, tmp_path, "cut")
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    assert_same_run(run_dir(tmp_path, "charlm", "cut"), shifted)
+
+
 def test_sigkill_inside_a_checkpoint_save_keeps_the_previous_one(
         charlm_args: list[str], charlm_full: Path, tmp_path: Path) -> None:
     """Killed while writing the 4th checkpoint (last.ckpt at the 2nd validation)."""

@@ -75,7 +75,7 @@ def test_stale_temp_files_of_dead_writers_are_removed(tmp_path: Path) -> None:
 
 def test_stream_windows_skip_the_done_part_once() -> None:
     streams = make_streams(torch.arange(41), 2)  # 2 streams of 20 -> windows of 4: 5 per pass
-    windows = StreamWindows(streams, seq_len=4, start=3)
+    windows = StreamWindows(torch.arange(41), 2, seq_len=4, start=3)
     first = [x for x, _ in windows]
     assert len(windows) == 5 and len(first) == 2  # len stays the whole epoch
     assert torch.equal(first[0], streams[:, 12:16])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -23,26 +24,49 @@ def make_streams(ids: torch.Tensor, batch_size: int) -> torch.Tensor:
     return ids[: batch_size * length].view(batch_size, length)
 
 
+def stream_offset(seed: int, epoch: int, n: int) -> int:
+    """Where epoch `epoch` of run `seed` starts cutting a text of `n` characters into streams:
+    a function of both alone, so every DDP rank and a resumed run cut the same streams."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return int(torch.randint(n, (1,), generator=g))
+
+
 class StreamWindows(IterableDataset):
     """The report's mini-batches: window i is columns [i*T, (i+1)*T) of every stream, targets
     shifted by one; the last window may be shorter. Consecutive windows continue each stream, so
     the model carries its hidden state from one to the next (truncated BPTT). Iterable, so that
     no sampler reorders or shards the windows. `start` windows are skipped by the first pass
     only (a run resumed mid-epoch); `len` stays the whole epoch, as Lightning counts the skipped
-    windows as done."""
+    windows as done.
 
-    def __init__(self, streams: torch.Tensor, seq_len: int, start: int = 0) -> None:
-        self.streams, self.seq_len, self.start = streams, seq_len, start
+    `offset` (called once per pass) rotates the text before it is cut: with a new offset each
+    epoch, streams and windows begin at new characters, so an epoch is not a replay of the last
+    one. Rank `rank` of `world` takes its own `batch_size` of the `batch_size * world` streams."""
+
+    def __init__(self, ids: torch.Tensor, batch_size: int, seq_len: int, start: int = 0,
+                 offset: Callable[[], int] | None = None, rank: int = 0, world: int = 1
+                 ) -> None:
+        self.ids, self.batch_size, self.seq_len, self.start = ids, batch_size, seq_len, start
+        self.offset, self.rank, self.world = offset, rank, world
+
+    def streams(self) -> torch.Tensor:
+        ids = self.ids
+        if self.offset is not None and (shift := self.offset() % ids.numel()):
+            ids = torch.cat((ids[shift:], ids[:shift]))
+        streams = make_streams(ids, self.batch_size * self.world)
+        return streams[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
 
     def __len__(self) -> int:
-        return math.ceil((self.streams.shape[1] - 1) / self.seq_len)
+        length = self.ids.numel() // (self.batch_size * self.world)
+        return math.ceil((length - 1) / self.seq_len)
 
     def __iter__(self):
-        last = self.streams.shape[1] - 1  # the final column is only ever a target
+        streams = self.streams()
+        last = streams.shape[1] - 1  # the final column is only ever a target
         skip, self.start = self.start, 0
         for start in range(skip * self.seq_len, last, self.seq_len):
             end = min(start + self.seq_len, last)
-            yield self.streams[:, start:end], self.streams[:, start + 1 : end + 1]
+            yield streams[:, start:end], streams[:, start + 1 : end + 1]
 
 
 class SlidingWindows(Dataset):
@@ -76,6 +100,7 @@ class CharDataModule(ResumableTrainData):
         unknown_chars: Literal["map", "error"] = "map",
         num_workers: int = 0,
         pin_memory: bool = False,
+        shift_streams: bool = False,
     ) -> None:
         super().__init__()
         if mode not in MODES:
@@ -94,6 +119,7 @@ class CharDataModule(ResumableTrainData):
         self.eval_batch_size = eval_batch_size or batch_size
         self.unknown_chars = unknown_chars
         self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.shift_streams = shift_streams
         self.vocab: Vocab | None = None
         self.ids: dict[str, torch.Tensor] = {}
 
@@ -149,9 +175,11 @@ class CharDataModule(ResumableTrainData):
             world, rank = 1, 0
             if self.trainer is not None:
                 world, rank = self.trainer.world_size, self.trainer.global_rank
-            streams = make_streams(ids, batch * world)
-            mine = streams[rank * batch : (rank + 1) * batch]
-            windows = StreamWindows(mine, self.seq_len)
+            offset = None
+            if train and self.shift_streams:  # read at each pass: the epoch then running
+                offset = lambda: stream_offset(run_seed(), self.current_epoch(), ids.numel())  # noqa: E731
+            windows = StreamWindows(ids, batch, self.seq_len, offset=offset, rank=rank,
+                                    world=world)
             if train:
                 windows.start = self.resume_point(len(windows))[1]
                 return ResumableLoader(windows, batch_size=None)
