@@ -131,11 +131,12 @@ def test_debug_presets_run(preset: str, tmp_path: Path, small_text: Path) -> Non
         assert last["global_step"] == 5 and "test/bpc" in metrics
 
 
-@pytest.mark.parametrize("task", ["charlm", "cnn"])
-def test_callbacks_none_drops_the_tasks_callbacks_and_checkpointing(task: str, tmp_path: Path
+@pytest.mark.parametrize("choice", ["task=charlm", "task=cnn", "experiment=charlm_recipe"])
+def test_callbacks_none_drops_the_tasks_callbacks_and_checkpointing(choice: str, tmp_path: Path
                                                                     ) -> None:
-    default = compose_train([f"task={task}"], tmp_path)
-    task_only = {"charlm": {"text_sample"}, "cnn": {"misclassified", "confusion_matrix"}}[task]
+    default = compose_train([choice], tmp_path)
+    task_only = {"task=charlm": {"text_sample"}, "task=cnn": {"misclassified", "confusion_matrix"},
+                 "experiment=charlm_recipe": {"text_sample", "weight_averaging"}}[choice]
     assert task_only <= set(default.callbacks)
-    cfg = compose_train([f"task={task}", "callbacks=none"], tmp_path)
+    cfg = compose_train([choice, "callbacks=none"], tmp_path)  # the preset's EMA goes too
     assert len(cfg.callbacks) == 0 and cfg.trainer.enable_checkpointing is False
