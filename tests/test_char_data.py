@@ -159,6 +159,8 @@ def test_shifted_streams_are_cut_anew_each_epoch_from_seed_and_epoch(tmp_path: P
     assert torch.equal(next(iter(fixed.train_dataloader()))[0], make_streams(ids, 4)[:, :16])
     assert torch.equal(next(iter(dm.val_dataloader()))[0],
                        next(iter(fixed.val_dataloader()))[0])
+    with pytest.raises(ValueError, match="data.shift_streams=true needs data.mode=stream"):
+        CharDataModule(TextFiles(path=str(f)), mode="window", shift_streams=True)
 
 
 def test_render_play_markdown() -> None:

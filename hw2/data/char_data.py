@@ -111,6 +111,9 @@ class CharDataModule(ResumableTrainData):
                            ("eval_batch_size", eval_batch_size or 1)):
             if value < 1:
                 raise ValueError(f"data.{key} must be >= 1, got {value}")
+        if shift_streams and mode != "stream":
+            raise ValueError("data.shift_streams=true needs data.mode=stream (window mode "
+                             "already shuffles its windows every epoch)")
         if stride is not None and stride < 1:
             raise ValueError(f"data.stride must be >= 1 or null, got {stride}")
         self.corpus = corpus
@@ -168,6 +171,11 @@ class CharDataModule(ResumableTrainData):
         assert self.vocab is not None, "call setup() first"
         return {"vocab": self.vocab.state_dict(), "carry_hidden": self.mode == "stream"}
 
+    def _train_offset(self) -> int:
+        """The offset of the epoch being run, read when its pass starts (after a resume that is
+        the restored epoch, not the one the loader was built in)."""
+        return stream_offset(run_seed(), self.current_epoch(), self.ids["train"].numel())
+
     def _loader(self, split: str, train: bool) -> DataLoader:
         ids = self.ids[split]
         batch = self._batch(split)[0]
@@ -175,9 +183,7 @@ class CharDataModule(ResumableTrainData):
             world, rank = 1, 0
             if self.trainer is not None:
                 world, rank = self.trainer.world_size, self.trainer.global_rank
-            offset = None
-            if train and self.shift_streams:  # read at each pass: the epoch then running
-                offset = lambda: stream_offset(run_seed(), self.current_epoch(), ids.numel())  # noqa: E731
+            offset = self._train_offset if train and self.shift_streams else None
             windows = StreamWindows(ids, batch, self.seq_len, offset=offset, rank=rank,
                                     world=world)
             if train:
