@@ -10,7 +10,13 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from hw2.data.resumable import EpochSampler, ResumableLoader, ResumableTrainData, run_seed
+from hw2.data.resumable import (
+    EpochSampler,
+    ResumableLoader,
+    ResumableTrainData,
+    epoch_generator,
+    run_seed,
+)
 from hw2.data.vocab import Vocab
 
 log = logging.getLogger(__name__)
@@ -27,8 +33,7 @@ def make_streams(ids: torch.Tensor, batch_size: int) -> torch.Tensor:
 def stream_offset(seed: int, epoch: int, n: int) -> int:
     """Where epoch `epoch` of run `seed` starts cutting a text of `n` characters into streams:
     a function of both alone, so every DDP rank and a resumed run cut the same streams."""
-    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    return int(torch.randint(n, (1,), generator=g))
+    return int(torch.randint(n, (1,), generator=epoch_generator(seed, epoch)))
 
 
 class StreamWindows(IterableDataset):
@@ -51,8 +56,8 @@ class StreamWindows(IterableDataset):
 
     def streams(self) -> torch.Tensor:
         ids = self.ids
-        if self.offset is not None and (shift := self.offset() % ids.numel()):
-            ids = torch.cat((ids[shift:], ids[:shift]))
+        if self.offset is not None:
+            ids = ids.roll(-self.offset())
         streams = make_streams(ids, self.batch_size * self.world)
         return streams[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
 

@@ -62,6 +62,12 @@ class ResumableTrainData(pl.LightningDataModule):
         return int(self.trainer.current_epoch) if self.trainer is not None else 0
 
 
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """A generator seeded by (run seed, epoch) alone, not the global RNG: what an epoch draws
+    is the same in every DDP rank and after a resume."""
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+
 class EpochSampler(Sampler):
     """Indices `0..n-1`, shuffled by `(seed, epoch)` alone (not the global RNG), yielded as
     `(epoch, index)` so a dataset can seed its augmentation per sample; after a resume the first
@@ -78,8 +84,8 @@ class EpochSampler(Sampler):
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            order = torch.randperm(self.n, generator=g).tolist()
+            order = torch.randperm(self.n, generator=epoch_generator(self.seed, self.epoch)
+                                   ).tolist()
         else:
             order = list(range(self.n))
         skip, self.skip = self.skip, 0
