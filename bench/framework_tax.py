@@ -172,20 +172,27 @@ def run_plain(task: str, s: dict, device: str, clock: Clock, malloc: bool) -> No
                       s["emb"], s["hidden"], 2, dropout=0.2).to(dev)
         opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=0.0)
         sched = warmup_cosine(opt, total, warmup_steps=100, min_lr_ratio=0.1)
-        hidden = None
-        batches = iter(dm.train_dataloader())
-        for i in range(total):
-            x, y = (t.to(dev, non_blocking=True) for t in next(batches))
-            clock.before(i)
-            with cast:
-                logits, hidden = net(x, detach(hidden))
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            clock.after(i)
+        i = 0
+        while i < total:  # epochs: the hidden state starts afresh with each, as in hw2
+            clock.resume()
+            hidden = None
+            for x, y in dm.train_dataloader():
+                clock.before(i)
+                x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+                with cast:
+                    logits, hidden = net(x, detach(hidden))
+                loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
+                                       y.reshape(-1))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+                opt.step()
+                sched.step()
+                clock.after(i)
+                i += 1
+                if i == total:
+                    break
+            clock.pause()
         return
     from hw2.data.image_data import ImageDataModule
     from hw2.models.food_cnn import FoodCNN

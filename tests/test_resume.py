@@ -118,11 +118,21 @@ class _Task(TaskModule):
 def test_non_finite_loss_stops_or_skips() -> None:
     finite = torch.tensor(1.5)
     assert _Task(skip=False).checked_loss(finite) is finite
-    with pytest.raises(NonFiniteLossError, match=r"\(nan\) at step 0 .*last good checkpoint: "
-                                                 r"none yet.*model.skip_nonfinite=true"):
-        _Task(skip=False).checked_loss(torch.tensor(float("nan")))
+    # the stop reads the flag later (no device sync per step): at the next step, or before a
+    # validation, a checkpoint or the end of training
+    reads = [lambda t: t.checked_loss(finite), lambda t: t.on_validation_start(),
+             lambda t: t.on_save_checkpoint({}), lambda t: t.on_train_end()]
+    for read in reads:
+        task = _Task(skip=False)
+        nan = torch.tensor(float("nan"))
+        assert task.checked_loss(nan) is nan
+        with pytest.raises(NonFiniteLossError, match=r"\(nan\) at step 0 .*last good checkpoint: "
+                                                     r"none yet.*model.skip_nonfinite=true"):
+            read(task)
+        task.raise_if_nonfinite()  # read once: the flag is gone
     task = _Task(skip=True)
     assert task.checked_loss(torch.tensor(float("inf"))) is None and task.skipped_steps == 1
+    task.on_save_checkpoint({})  # skip mode leaves nothing to read later
 
 
 def test_non_finite_gradient_is_dropped_before_the_step() -> None:
@@ -132,7 +142,12 @@ def test_non_finite_gradient_is_dropped_before_the_step() -> None:
     task.on_before_optimizer_step(optimizer)
     optimizer.step()
     assert task.w.grad is None and torch.equal(task.w.detach(), torch.ones(2))
+    # without skip nothing is read per step: the NaN step is taken, and the next loss stops
     strict = _Task(skip=False)
+    optimizer = torch.optim.SGD(strict.parameters(), lr=1.0)
     strict.w.grad = torch.tensor([float("nan"), 0.0])
-    with pytest.raises(NonFiniteLossError, match="non-finite gradient at step 0"):
-        strict.on_before_optimizer_step(torch.optim.SGD(strict.parameters(), lr=1.0))
+    strict.on_before_optimizer_step(optimizer)
+    optimizer.step()
+    strict.checked_loss(strict.w.sum())
+    with pytest.raises(NonFiniteLossError, match=r"non-finite training loss \(nan\) at step 0"):
+        strict.on_save_checkpoint({})

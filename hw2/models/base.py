@@ -93,45 +93,80 @@ class TaskModule(pl.LightningModule):
         self.l2 = float(l2)
         self.skip_nonfinite = skip_nonfinite
         self.skipped_steps = 0
+        # the last training loss whose finiteness is not read yet: (flag on the host, CUDA
+        # event after its copy or None, the loss, where); see checked_loss
+        self._unchecked: tuple | None = None
+        self._flag_copied: torch.cuda.Event | None = None
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """A finite loss can still give inf/NaN gradients (overflow), and one such step makes
-        every weight NaN: stop here, before the step, or drop the gradients (skip)."""
+        """With `skip_nonfinite`: a finite loss can still give inf/NaN gradients (overflow),
+        and one such step makes every weight NaN, so drop them. Without it nothing is read here
+        (a read is a device sync per step): the NaN weights give a NaN loss at the next step,
+        which stops the run before anything is saved (checked_loss)."""
+        if not self.skip_nonfinite:
+            return
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         if not grads or bool(torch.isfinite(torch.stack([g.norm() for g in grads])).all()):
             return
-        if self.skip_nonfinite:
-            self.skipped_steps += 1
-            log.warning("non-finite gradient at %s: step skipped (%d so far)", self._where(),
-                        self.skipped_steps)
-            optimizer.zero_grad(set_to_none=True)  # optimisers leave grad-less weights alone
-            return
-        raise NonFiniteLossError(
-            f"non-finite gradient at {self._where()}; stopped without saving. last good "
-            f"checkpoint: {last_good_checkpoint(self._trainer)} (resume it with a lower "
-            "model.optimizer.lr, or skip such steps with model.skip_nonfinite=true)")
+        self.skipped_steps += 1
+        log.warning("non-finite gradient at %s: step skipped (%d so far)", self._where(),
+                    self.skipped_steps)
+        optimizer.zero_grad(set_to_none=True)  # optimisers leave grad-less weights alone
 
     def _where(self) -> str:
         batch = self.trainer.fit_loop.epoch_loop.batch_idx if self._trainer else "?"
         return f"step {self.global_step} (epoch {self.current_epoch}, batch {batch})"
 
     def checked_loss(self, loss: torch.Tensor) -> torch.Tensor | None:
-        """`loss` if finite. Otherwise stop with the step and the last good checkpoint, or with
-        `model.skip_nonfinite=true` return None: Lightning then skips backward and the
-        optimiser step for this batch."""
-        if bool(torch.isfinite(loss.detach()).all()):
-            return loss
-        where = self._where()
+        """`loss`, whose inf/NaN stops the run naming the step and the last good checkpoint.
+
+        Reading a GPU value on the host waits for the GPU (a sync per step, which the plain
+        loop has not), so the flag is copied to the host without waiting and read one step
+        later, or before a validation, a checkpoint or the end of training, whichever comes
+        first (`raise_if_nonfinite`): the run stops before anything trained on it is saved.
+        `model.skip_nonfinite=true` must decide now (it returns None: Lightning then skips
+        backward and the optimiser step for this batch), so it pays that sync."""
         if self.skip_nonfinite:
+            if bool(torch.isfinite(loss.detach()).all()):
+                return loss
             self.skipped_steps += 1
             log.warning("non-finite training loss (%s) at %s: step skipped (%d so far)",
-                        float(loss.detach().float().mean()), where, self.skipped_steps)
+                        float(loss.detach().float().mean()), self._where(), self.skipped_steps)
             return None
+        self.raise_if_nonfinite()  # the previous step's: copied long ago, no wait
+        flag = torch.isfinite(loss.detach()).all()
+        copied = None
+        if flag.is_cuda:
+            flag = flag.to("cpu", non_blocking=True)
+            copied = self._flag_copied = self._flag_copied or torch.cuda.Event()
+            copied.record()
+        self._unchecked = (flag, copied, loss.detach(), self._where())
+        return loss
+
+    def raise_if_nonfinite(self) -> None:
+        """Stop if the last unread training loss was inf/NaN (see checked_loss)."""
+        if self._unchecked is None:
+            return
+        flag, copied, loss, where = self._unchecked
+        self._unchecked = None
+        if copied is not None:
+            copied.synchronize()
+        if bool(flag):
+            return
         raise NonFiniteLossError(
-            f"non-finite training loss ({float(loss.detach().float().mean())}) at {where}; "
+            f"non-finite training loss ({float(loss.float().mean())}) at {where}; "
             f"stopped without saving. last good checkpoint: {last_good_checkpoint(self._trainer)}"
             " (resume it with a lower model.optimizer.lr, or skip such steps with "
             "model.skip_nonfinite=true)")
+
+    def on_validation_start(self) -> None:
+        self.raise_if_nonfinite()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self.raise_if_nonfinite()  # before anything is written
+
+    def on_train_end(self) -> None:
+        self.raise_if_nonfinite()
 
     def l2_penalty(self) -> torch.Tensor:
         """`l2 * sum(w**2)` over `penalised_weights`: the report's L2 term, added to the loss.

@@ -194,6 +194,7 @@ class CharLM(TaskModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """The hidden state carried into the next training window: a run resumed mid-epoch
         continues each stream where it stopped (the data module saves the position)."""
+        super().on_save_checkpoint(checkpoint)
         checkpoint["charlm_train_hidden"] = to_device(detach(self.state.get("train")),
                                                       torch.device("cpu"))
 
