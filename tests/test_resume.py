@@ -135,6 +135,24 @@ def test_non_finite_loss_stops_or_skips() -> None:
     task.on_save_checkpoint({})  # skip mode leaves nothing to read later
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_non_finite_guard_does_not_sync_the_stream() -> None:
+    """The default guard adds no stream or device sync to a training step (it waits only on the
+    event after the previous step's flag copy, queued a step earlier; bench/gpu_check.sh runs
+    this test on a GPU)."""
+    task = _Task(skip=False).cuda()
+    loss = task.w.sum() * 2
+    torch.cuda.set_sync_debug_mode("error")  # any sync raises
+    try:
+        for _ in range(3):
+            assert task.checked_loss(loss) is loss
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    task.checked_loss(loss * float("nan"))
+    with pytest.raises(NonFiniteLossError, match=r"\(nan\) at step 0"):
+        task.on_train_end()
+
+
 def test_non_finite_gradient_is_dropped_before_the_step() -> None:
     task = _Task(skip=True)
     optimizer = torch.optim.SGD(task.parameters(), lr=1.0)
