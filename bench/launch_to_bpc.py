@@ -52,6 +52,8 @@ def main() -> None:
     jobs = []
     for i, spec in enumerate(args.runs):
         name = f"run{i}"
+        if next(out.glob(f"logs/*/runs/{name}"), None):  # train.py would resume it: no timing
+            sys.exit(f"{out} already holds {name}: give --out a new folder")
         cmd = [sys.executable, str(ROOT / "train.py"), *shlex.split(spec), f"run_name={name}",
                f"paths.root_dir={out}", "test=false", "callbacks.progress_bar.refresh_rate=0",
                "trainer.enable_model_summary=false"]
