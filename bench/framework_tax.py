@@ -30,7 +30,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -142,6 +144,26 @@ def run_hw2(task: str, s: dict, device: str, clock: Clock, malloc: bool) -> None
     run(cfg, extra_callbacks=[Timer()])
 
 
+def timed_batches(loader: Iterable, total: int, clock: Clock) -> Iterator[tuple[bool, Any, Any]]:
+    """`total` steps' batches as (first of an epoch?, x, y), over as many epochs as it takes,
+    each step timed from before its yield to the next request. One loader for all epochs, as
+    Lightning keeps it (its workers persist). As for hw2, from one epoch's last step to the next
+    epoch's start is left out; the new iterator and its first batch count (Lightning fetches them
+    after that start)."""
+    i = 0
+    while True:
+        clock.resume()
+        for j, (x, y) in enumerate(loader):
+            clock.before(i)
+            yield j == 0, x, y
+            clock.after(i)
+            i += 1
+            if i == total:
+                clock.pause()
+                return
+        clock.pause()
+
+
 def run_plain(task: str, s: dict, device: str, clock: Clock, malloc: bool) -> None:
     """The loop that hw2 has to match: nothing but data, forward, loss, backward, step."""
     import contextlib
@@ -172,27 +194,18 @@ def run_plain(task: str, s: dict, device: str, clock: Clock, malloc: bool) -> No
                       s["emb"], s["hidden"], 2, dropout=0.2).to(dev)
         opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=0.0)
         sched = warmup_cosine(opt, total, warmup_steps=100, min_lr_ratio=0.1)
-        loader, i = dm.train_dataloader(), 0  # one loader for all epochs, as Lightning keeps
-        while i < total:  # epochs: the hidden state starts afresh with each, as in hw2
-            clock.resume()
-            hidden = None
-            for x, y in loader:
-                clock.before(i)
-                x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-                with cast:
-                    logits, hidden = net(x, detach(hidden))
-                loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
-                                       y.reshape(-1))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-                opt.step()
-                sched.step()
-                clock.after(i)
-                i += 1
-                if i == total:
-                    break
-            clock.pause()
+        for new_epoch, x, y in timed_batches(dm.train_dataloader(), total, clock):
+            if new_epoch:  # the hidden state starts afresh with each epoch, as in hw2
+                hidden = None
+            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            with cast:
+                logits, hidden = net(x, detach(hidden))
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            opt.step()
+            sched.step()
         return
     from hw2.data.image_data import ImageDataModule
     from hw2.models.food_cnn import FoodCNN
@@ -203,28 +216,15 @@ def run_plain(task: str, s: dict, device: str, clock: Clock, malloc: bool) -> No
     dm.setup("fit")
     net = FoodCNN(len(dm.class_names), s["image"]).to(dev, memory_format=torch.channels_last)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    # one loader for all epochs, as Lightning keeps it: its workers persist between epochs
-    loader, i = dm.train_dataloader(), 0
-    while i < total:
-        # as for hw2: from one epoch's last step to the next epoch's start is left out; the
-        # new iterator and its first batch count (Lightning fetches them after that start)
-        clock.resume()
-        for x, y in loader:
-            clock.before(i)
-            x = x.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            y = y.to(dev, non_blocking=True)
-            with cast:
-                logits = net(x).float()
-            loss = F.cross_entropy(logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            clock.after(i)
-            i += 1
-            if i == total:
-                break
-        clock.pause()
-
+    for _, x, y in timed_batches(dm.train_dataloader(), total, clock):
+        x = x.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        y = y.to(dev, non_blocking=True)
+        with cast:
+            logits = net(x).float()
+        loss = F.cross_entropy(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
 
 def child(args: argparse.Namespace) -> None:
     """One variant in this process; prints one JSON line."""
