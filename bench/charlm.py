@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def probe_chars_per_sec(cell: str, batch: int, seq_len: int, dropout: float,
-                        weight_drop: float) -> float:
+                        weight_drop: float, locked_dropout: bool) -> float:
     """Training throughput of the bare network at the precision the trainer will pick, to size
     the LR schedule to the time budget."""
     import torch
@@ -37,7 +37,8 @@ def probe_chars_per_sec(cell: str, batch: int, seq_len: int, dropout: float,
 
     tune_malloc()  # as the trainer does
     bf16 = fast_precision("cpu") == "bf16-mixed"
-    net = CharRNN(65, cell, 128, 512, 2, dropout=dropout, weight_drop=weight_drop)
+    net = CharRNN(65, cell, 128, 512, 2, dropout=dropout, weight_drop=weight_drop,
+                  locked_dropout=locked_dropout)
     opt = torch.optim.AdamW(net.parameters(), 2e-3)
     x = torch.randint(0, 65, (batch, seq_len))
     for i in range(13):
@@ -87,7 +88,7 @@ def main() -> None:
     rows = []
     for cell in args.cells.split(","):
         cps = probe_chars_per_sec(cell, batch, seq_len, recipe.model.dropout,
-                                  recipe.model.weight_drop)
+                                  recipe.model.weight_drop, recipe.model.locked_dropout)
         # cosine schedule sized to the time budget (validation and start-up ~5 %); max_time
         # stops the run if the machine is slower than the probe said
         steps = int(args.minutes * 60 * cps / (batch * seq_len) * 0.95)

@@ -17,7 +17,7 @@ from hw2.checkpoints import load_module
 from hw2.data.char_data import StreamWindows, make_streams
 from hw2.data.vocab import Vocab
 from hw2.generate import generate
-from hw2.models.charlm import CharLM, CharRNN, drop_connect
+from hw2.models.charlm import CharLM, CharRNN, drop_connect, locked_dropout
 from hw2.train import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,6 +77,44 @@ def test_weight_drop_masks_the_recurrent_weights_in_training_only(cell: str) -> 
     torch.testing.assert_close(net.eval()(x)[0], plain.eval()(x)[0])
     with pytest.raises(ValueError, match="model.weight_drop"):
         CharRNN(12, weight_drop=1.0)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_locked_dropout_runs_the_fused_cells_weights_layer_by_layer(cell: str) -> None:
+    """With locked dropout the layers run one at a time on the fused cell's own weights (the
+    same parameter names, so checkpoints load either way): at rate 0 the outputs, the carried
+    state and the gradients equal the fused cell's; at rate 0.5, with weight drop on top,
+    training outputs change and eval is still exactly the fused net."""
+    torch.manual_seed(0)
+    kw = {"embedding_dim": 8, "hidden_size": 16, "num_layers": 3}
+    locked, fused = CharRNN(12, cell, **kw, locked_dropout=True), CharRNN(12, cell, **kw)
+    fused.load_state_dict(locked.state_dict())
+    x = torch.randint(0, 12, (3, 20))
+    (a, ha), (b, hb) = locked.train()(x[:, :9]), fused.train()(x[:, :9])
+    (a2, _), (b2, _) = locked(x[:, 9:], ha), fused(x[:, 9:], hb)
+    torch.testing.assert_close(a2, b2)
+    (a.sum() + a2.sum()).backward()
+    (b.sum() + b2.sum()).backward()
+    for (name, p), q in zip(locked.named_parameters(), fused.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+    dropped = CharRNN(12, cell, **kw, dropout=0.5, weight_drop=0.3, locked_dropout=True)
+    dropped.load_state_dict(locked.state_dict())
+    assert not torch.allclose(dropped.train()(x)[0], fused.train()(x)[0])
+    torch.testing.assert_close(dropped.eval()(x)[0], fused.eval()(x)[0])
+
+
+def test_locked_dropout_keeps_one_mask_per_stream_for_the_whole_window() -> None:
+    """Each stream loses the same features at every time step (variational dropout); streams
+    get their own masks; kept entries are scaled by 1/(1-p)."""
+    torch.manual_seed(0)
+    x = torch.rand(64, 30, 40) + 0.5
+    y = locked_dropout(x, 0.25)
+    zero = y == 0
+    assert torch.equal(zero, zero[:, :1].expand_as(zero))  # constant over time
+    assert 0.2 < zero[:, 0].float().mean() < 0.3
+    assert not torch.equal(zero[0, 0], zero[1, 0])  # per stream
+    torch.testing.assert_close(y[~zero], x[~zero] / 0.75)
+    assert locked_dropout(x, 0.0) is x
 
 
 def test_input_dropout_drops_embedded_characters_in_training_only() -> None:

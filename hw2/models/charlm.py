@@ -38,6 +38,31 @@ def drop_connect(weight: torch.Tensor, p: float) -> torch.Tensor:
     return torch.where(keep.view(weight.shape), weight * (256 / (256 - cut)), 0.0)
 
 
+def locked_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Dropout with one mask per stream, shared by all time steps of the window (variational
+    dropout, AWD-LSTM): the same units are missing throughout, so a unit cannot be recovered
+    from its neighbours in time, and it costs one mask per window instead of one per step."""
+    if p == 0:
+        return x
+    mask = x.new_empty(x.shape[0], 1, x.shape[2]).bernoulli_(1 - p).div_(1 - p)
+    return x * mask
+
+
+def split_layers(hidden: Hidden | None, num_layers: int) -> list[Hidden | None]:
+    """The per-layer states of a (num_layers, batch, hidden) state, as one-layer states."""
+    if hidden is None:
+        return [None] * num_layers
+    if isinstance(hidden, tuple):
+        return [tuple(h[i:i + 1] for h in hidden) for i in range(num_layers)]
+    return [hidden[i:i + 1] for i in range(num_layers)]
+
+
+def join_layers(states: list[Hidden]) -> Hidden:
+    if isinstance(states[0], tuple):
+        return tuple(torch.cat(parts) for parts in zip(*states, strict=True))
+    return torch.cat(states)
+
+
 def detach(hidden: Hidden | None) -> Hidden | None:
     """Cut the graph between windows (truncated BPTT) but keep the state's values."""
     if hidden is None:
@@ -61,6 +86,7 @@ class CharRNN(nn.Module):
         tie_weights: bool = False,
         weight_drop: float = 0.0,
         input_dropout: float = 0.0,
+        locked_dropout: bool = False,
     ) -> None:
         super().__init__()
         for key, rate in (("dropout", dropout), ("input_dropout", input_dropout),
@@ -76,10 +102,16 @@ class CharRNN(nn.Module):
         self.embedding = nn.Embedding(vocab_size, embedding_dim)
         self.rnn = CELLS[cell](
             embedding_dim, hidden_size, num_layers, batch_first=True,
-            dropout=dropout if num_layers > 1 else 0.0, **extra,
+            dropout=dropout if num_layers > 1 and not locked_dropout else 0.0, **extra,
         )
-        self.drop = nn.Dropout(dropout)
-        self.input_drop = nn.Dropout(input_dropout)
+        self.dropout, self.input_dropout, self.locked = dropout, input_dropout, locked_dropout
+        # one-layer shells (on the meta device: they hold no weights, never move and are not
+        # submodules) that run layer l with rnn's own layer-l weights, so that a locked mask
+        # can go between the layers and the parameter names stay those of the fused cell
+        self._shells = tuple(
+            CELLS[cell](embedding_dim if i == 0 else hidden_size, hidden_size, 1,
+                        batch_first=True, device="meta", **extra)
+            for i in range(num_layers)) if locked_dropout else ()
         self.head = nn.Linear(hidden_size, vocab_size)
         if tie_weights:
             self.head.weight = self.embedding.weight
@@ -89,16 +121,34 @@ class CharRNN(nn.Module):
         """The cell, with DropConnect on its hidden-to-hidden weights in training (AWD-LSTM's
         weight drop: one mask per window, shared by every stream and time step, so it
         regularises the recurrence itself, which dropout between layers never touches)."""
-        if not (self.training and self.weight_drop > 0):
+        if not self.training or not (self.weight_drop > 0 or self.locked):
             return self.rnn(x, hidden)
-        dropped = {name: drop_connect(w, self.weight_drop)
-                   for name, w in self.rnn.named_parameters() if name.startswith("weight_hh")}
-        return torch.func.functional_call(self.rnn, dropped, (x, hidden))
+        weights = dict(self.rnn.named_parameters())
+        if self.weight_drop > 0:
+            weights.update({name: drop_connect(w, self.weight_drop)
+                            for name, w in weights.items() if name.startswith("weight_hh")})
+        if not self.locked:
+            return torch.func.functional_call(self.rnn, weights, (x, hidden))
+        states = []
+        layer_states = split_layers(hidden, len(self._shells))
+        for i, (shell, state) in enumerate(zip(self._shells, layer_states, strict=True)):
+            if i:
+                x = locked_dropout(x, self.dropout)
+            own = {name.removesuffix(f"_l{i}") + "_l0": w
+                   for name, w in weights.items() if name.endswith(f"_l{i}")}
+            x, state = torch.func.functional_call(shell, own, (x, state))
+            states.append(state)
+        return x, join_layers(states)
+
+    def _drop(self, x: torch.Tensor, p: float) -> torch.Tensor:
+        if not self.training or p == 0:
+            return x
+        return locked_dropout(x, p) if self.locked else F.dropout(x, p)
 
     def forward(self, x: torch.Tensor, hidden: Hidden | None = None) -> tuple[torch.Tensor, Hidden]:
         """x: (batch, time) indices -> logits (batch, time, vocab), new hidden state."""
-        out, hidden = self._recur(self.input_drop(self.embedding(x)), hidden)
-        return self.head(self.drop(out)), hidden
+        out, hidden = self._recur(self._drop(self.embedding(x), self.input_dropout), hidden)
+        return self.head(self._drop(out, self.dropout)), hidden
 
 
 class CharLM(TaskModule):
@@ -116,6 +166,7 @@ class CharLM(TaskModule):
         tie_weights: bool = False,
         weight_drop: float = 0.0,
         input_dropout: float = 0.0,
+        locked_dropout: bool = False,
         l2: float = 0.0,
         skip_nonfinite: bool = False,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
@@ -127,7 +178,7 @@ class CharLM(TaskModule):
         self.vocab = Vocab.from_state_dict(vocab)
         self.carry_hidden = carry_hidden
         self.net = CharRNN(len(self.vocab), cell, embedding_dim, hidden_size, num_layers,
-                           dropout, tie_weights, weight_drop, input_dropout)
+                           dropout, tie_weights, weight_drop, input_dropout, locked_dropout)
         self.state: dict[str, Hidden | None] = {}
         # mean NLL in nats and in bits, weighted by characters, so BPC is exact over a split;
         # logged as metric objects (Lightning computes and resets them at epoch end). The
