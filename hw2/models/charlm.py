@@ -120,7 +120,8 @@ class CharRNN(nn.Module):
     def _recur(self, x: torch.Tensor, hidden: Hidden | None) -> tuple[torch.Tensor, Hidden]:
         """The cell, with DropConnect on its hidden-to-hidden weights in training (AWD-LSTM's
         weight drop: one mask per window, shared by every stream and time step, so it
-        regularises the recurrence itself, which dropout between layers never touches)."""
+        regularises the recurrence itself, which dropout between layers never touches). With
+        locked dropout the layers run one at a time, with a locked mask between them."""
         if not self.training or not (self.weight_drop > 0 or self.locked):
             return self.rnn(x, hidden)
         weights = dict(self.rnn.named_parameters())
