@@ -306,3 +306,42 @@ def test_last_checkpoint_is_the_latest_state_even_without_improvement(
     assert len(best) == 1 and best[0].name.startswith("epoch000-")
     assert last["epoch"] == 2 and last["global_step"] == 3 * torch.load(
         best[0], weights_only=False)["global_step"]
+
+
+def test_set_dropout_reaches_the_fused_cell_and_the_locked_path() -> None:
+    fused = CharRNN(10, "lstm", 8, 16, 2, dropout=0.25)
+    locked = CharRNN(10, "lstm", 8, 16, 2, dropout=0.25, locked_dropout=True)
+    for net in (fused, locked):
+        net.set_dropout(0.4)
+        assert net.dropout == 0.4
+    assert fused.rnn.dropout == 0.4  # nn.LSTM reads its own copy at every call
+    assert locked.rnn.dropout == 0.0  # the locked path drops between layers itself
+    with pytest.raises(ValueError, match=r"dropout rate must be in \[0, 1\), got 1.0"):
+        fused.set_dropout(1.0)
+
+
+def test_dropout_ramp_moves_the_rate_with_the_step(tmp_path: Path) -> None:
+    """A short real run: the rate logged before every step follows start -> end over the
+    run's steps, and the network ends at the last step's rate."""
+    from hw2.callbacks.dropout_ramp import DropoutRamp
+    from tests.conftest import compose_train
+
+    text = tmp_path / "text.txt"
+    text.write_text("To be, or not to be, that is the question:\n" * 60)
+    cfg = compose_train(
+        [*TINY, "model.num_layers=2", "model.dropout=0.25", "data=text_file",
+         f"data.corpus.path={text}", f"paths.root_dir={tmp_path}", "+trainer.max_steps=10",
+         "trainer.max_epochs=-1", "trainer.log_every_n_steps=1", "trainer.precision=32",
+         "callbacks.progress_bar.refresh_rate=0", "callbacks.text_sample.length=10",
+         "+callbacks.dropout_ramp._target_=hw2.callbacks.dropout_ramp.DropoutRamp",
+         "+callbacks.dropout_ramp.start=0.1", "+callbacks.dropout_ramp.end=0.6"],
+        tmp_path / "run",
+    )
+    run(cfg)
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    logged = [(e.step, e.value) for e in events.Scalars("train/dropout")]
+    assert [s for s, _ in logged] == list(range(10))
+    assert [v for _, v in logged] == pytest.approx([0.1 + 0.05 * s for s in range(10)])
+    with pytest.raises(ValueError, match=r"callbacks.dropout_ramp.end must be in \[0, 1\)"):
+        DropoutRamp(0.1, 1.5)

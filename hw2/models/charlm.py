@@ -141,6 +141,15 @@ class CharRNN(nn.Module):
             states.append(state)
         return x, join_layers(states)
 
+    def set_dropout(self, p: float) -> None:
+        """Change the rate of `dropout` (between layers and before the head) mid-run, for a
+        schedule (`hw2.callbacks.dropout_ramp`); the fused cell reads its own copy per call."""
+        if not 0 <= p < 1:
+            raise ValueError(f"dropout rate must be in [0, 1), got {p}")
+        self.dropout = p
+        if self.rnn.num_layers > 1 and not self.locked:
+            self.rnn.dropout = p
+
     def _drop(self, x: torch.Tensor, p: float) -> torch.Tensor:
         if not self.training or p == 0:
             return x
