@@ -72,8 +72,9 @@ def test_cnn_trains_logs_report_figures_and_tests_from_checkpoint(
             "feature_maps/conv3/0", "feature_maps/conv1/1"} <= tags["images"]
 
     # per-epoch curves: one point per epoch, so runs with/without L2 overlay
-    acc = EventAccumulator(str(sorted((run_dir / "tensorboard").glob("events.*"))[0]),
-                           size_guidance={"scalars": 0})
+    # every event file of the run: their names end in a per-process counter (".9" sorts after
+    # ".10"), so "the first file by name" is not always the training one
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
     acc.Reload()
     assert len(acc.Scalars("train/loss")) == 2 and len(acc.Scalars("val/acc")) == 2
 
