@@ -345,3 +345,5 @@ def test_dropout_ramp_moves_the_rate_with_the_step(tmp_path: Path) -> None:
     assert [v for _, v in logged] == pytest.approx([0.1 + 0.05 * s for s in range(10)])
     with pytest.raises(ValueError, match=r"callbacks.dropout_ramp.end must be in \[0, 1\)"):
         DropoutRamp(0.1, 1.5)
+    with pytest.raises(ValueError, match=r"dropout_ramp needs .* LightningModule has none"):
+        DropoutRamp(0.1, 0.2).setup(None, pl.LightningModule(), "fit")  # type: ignore[arg-type]

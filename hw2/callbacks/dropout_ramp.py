@@ -19,6 +19,12 @@ class DropoutRamp(pl.Callback):
                 raise ValueError(f"callbacks.dropout_ramp.{key} must be in [0, 1), got {rate}")
         self.start, self.end = start, end
 
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if not callable(getattr(getattr(pl_module, "net", None), "set_dropout", None)):
+            raise ValueError(f"callbacks.dropout_ramp needs a network with a dropout rate to "
+                             f"move (net.set_dropout, as the CharLM's); "
+                             f"{type(pl_module).__name__} has none: remove the callback")
+
     def rate(self, step: int, total: int) -> float:
         return self.start + (self.end - self.start) * min(step / max(total, 1), 1.0)
 
