@@ -18,6 +18,7 @@ class DropoutRamp(pl.Callback):
             if not 0 <= rate < 1:
                 raise ValueError(f"callbacks.dropout_ramp.{key} must be in [0, 1), got {rate}")
         self.start, self.end = start, end
+        self.total = 1
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if not callable(getattr(getattr(pl_module, "net", None), "set_dropout", None)):
@@ -25,11 +26,14 @@ class DropoutRamp(pl.Callback):
                              f"move (net.set_dropout, as the CharLM's); "
                              f"{type(pl_module).__name__} has none: remove the callback")
 
-    def rate(self, step: int, total: int) -> float:
-        return self.start + (self.end - self.start) * min(step / max(total, 1), 1.0)
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.total = max(int(trainer.estimated_stepping_batches), 1)  # once, not per step
+
+    def rate(self, step: int) -> float:
+        return self.start + (self.end - self.start) * min(step / self.total, 1.0)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                              batch: object, batch_idx: int) -> None:
-        p = self.rate(trainer.global_step, int(trainer.estimated_stepping_batches))
+        p = self.rate(trainer.global_step)
         pl_module.net.set_dropout(p)
         pl_module.log("train/dropout", p, on_step=True, on_epoch=False)
