@@ -347,3 +347,21 @@ def test_dropout_ramp_moves_the_rate_with_the_step(tmp_path: Path) -> None:
         DropoutRamp(0.1, 1.5)
     with pytest.raises(ValueError, match=r"dropout_ramp needs .* LightningModule has none"):
         DropoutRamp(0.1, 0.2).setup(None, pl.LightningModule(), "fit")  # type: ignore[arg-type]
+
+
+def test_linear_and_cosine_schedules_share_the_warm_up_and_end_where_asked() -> None:
+    """Both schedules warm up linearly over `warmup_steps`, then fall to `min_lr_ratio` at
+    `total_steps`, linearly or along a cosine (a quarter of the way: 0.75 vs 0.854 of the rate)."""
+    from hw2.models.base import warmup_cosine, warmup_linear
+
+    def factors(make, **kw) -> list[float]:
+        opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+        factor = make(opt, total_steps=1100, warmup_steps=100, **kw).lr_lambdas[0]
+        return [factor(s) for s in (0, 49, 99, 100, 350, 600, 1100, 5000)]
+
+    assert factors(warmup_linear, min_lr_ratio=0.0) == pytest.approx(
+        [0.01, 0.5, 1.0, 1.0, 0.75, 0.5, 0.0, 0.0])
+    assert factors(warmup_linear, min_lr_ratio=0.2) == pytest.approx(
+        [0.01, 0.5, 1.0, 1.0, 0.8, 0.6, 0.2, 0.2])
+    assert factors(warmup_cosine, min_lr_ratio=0.1) == pytest.approx(
+        [0.01, 0.5, 1.0, 1.0, 0.1 + 0.9 * (0.5 + 0.5 ** 1.5), 0.55, 0.1, 0.1])

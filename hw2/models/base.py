@@ -23,6 +23,33 @@ def warmup_cosine(
     min_lr_ratio: float = 0.1,
 ) -> LambdaLR:
     """Linear warm-up, then cosine decay to `min_lr_ratio` of the base rate at `total_steps`."""
+
+    def cosine(p: float) -> float:
+        return 0.5 * (1 + math.cos(math.pi * p))
+
+    return _warmup_then_decay(optimizer, total_steps, warmup_steps, min_lr_ratio, cosine)
+
+
+def warmup_linear(
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    warmup_steps: int = 100,
+    min_lr_ratio: float = 0.0,
+) -> LambdaLR:
+    """Linear warm-up, then linear decay to `min_lr_ratio` at `total_steps`: with 0, the
+    "straight to zero" schedule that beat cosine to 10 % in long LLM runs (Bergsma et al.)."""
+    return _warmup_then_decay(optimizer, total_steps, warmup_steps, min_lr_ratio, lambda p: 1.0 - p)
+
+
+def _warmup_then_decay(
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    warmup_steps: int,
+    min_lr_ratio: float,
+    shape: Callable[[float], float],
+) -> LambdaLR:
+    """The rate factor: (step + 1) / warmup_steps, then `min_lr_ratio` plus the rest times
+    `shape(progress)`, where shape falls from 1 at progress 0 to 0 at progress 1."""
     total_steps = max(int(total_steps), 1)
     warmup_steps = min(warmup_steps, total_steps // 2)
 
@@ -30,7 +57,7 @@ def warmup_cosine(
         if step < warmup_steps:
             return (step + 1) / warmup_steps
         progress = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
-        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        return min_lr_ratio + (1 - min_lr_ratio) * shape(progress)
 
     return LambdaLR(optimizer, factor)
 
