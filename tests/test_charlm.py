@@ -103,6 +103,60 @@ def test_locked_dropout_runs_the_fused_cells_weights_layer_by_layer(cell: str) -
     torch.testing.assert_close(dropped.eval()(x)[0], fused.eval()(x)[0])
 
 
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_head_over_all_layers_reads_each_layer_with_the_fused_weights(cell: str) -> None:
+    """`head_all_layers`: the head reads every layer's output side by side. The top layer's
+    part and the carried state are the fused cell's, the head's first columns see layer 0
+    directly (its gradient reaches them without passing the layer above), and with dropout
+    0.5 training differs from eval while eval stays deterministic."""
+    torch.manual_seed(0)
+    kw = {"embedding_dim": 8, "hidden_size": 16, "num_layers": 2}
+    net, fused = CharRNN(12, cell, **kw, head_all_layers=True), CharRNN(12, cell, **kw)
+    assert net.head.in_features == 32
+    fused.load_state_dict({k: v for k, v in net.state_dict().items() if not k.startswith("head")},
+                          strict=False)
+    x = torch.randint(0, 12, (3, 20))
+    emb = net.embedding(x)
+    features, state = net.eval()._recur(emb, None)
+    top, fused_state = fused.eval().rnn(emb)
+    torch.testing.assert_close(features[..., 16:], top)
+    for a, b in zip(state if isinstance(state, tuple) else (state,),
+                    fused_state if isinstance(fused_state, tuple) else (fused_state,),
+                    strict=True):
+        torch.testing.assert_close(a, b)
+    bottom = CharRNN(12, cell, 8, 16, 1)
+    bottom.rnn.load_state_dict({k: v for k, v in
+                                net.rnn.state_dict().items() if k.endswith("_l0")})
+    torch.testing.assert_close(features[..., :16], bottom.rnn(emb)[0])
+    logits, _ = net(x)
+    torch.testing.assert_close(logits, net.head(features))
+    logits.sum().backward()
+    assert net.head.weight.grad[:, :16].abs().sum() > 0
+    dropped = CharRNN(12, cell, **kw, dropout=0.5, head_all_layers=True)
+    dropped.load_state_dict(net.state_dict())
+    assert not torch.allclose(dropped.train()(x)[0], logits)
+    torch.testing.assert_close(dropped.eval()(x)[0], logits)
+    with pytest.raises(ValueError, match="tie_weights and model.head_all_layers"):
+        CharRNN(12, cell, 16, 16, 2, tie_weights=True, head_all_layers=True)
+
+
+def test_output_dropout_sets_the_rate_before_the_head_alone() -> None:
+    """`output_dropout` replaces `dropout` before the head only: one layer (no dropout between
+    layers) with dropout 0.5 and output dropout 0 trains deterministically; unset, the head's
+    input is dropped at `dropout`. A rate outside [0, 1) names its key."""
+    torch.manual_seed(0)
+    x = torch.randint(0, 12, (3, 20))
+    kw = {"embedding_dim": 8, "hidden_size": 16, "num_layers": 1, "dropout": 0.5}
+    kept, dropped = CharRNN(12, **kw, output_dropout=0.0), CharRNN(12, **kw)
+    dropped.load_state_dict(kept.state_dict())
+    torch.testing.assert_close(kept.train()(x)[0], kept.eval()(x)[0])
+    assert not torch.allclose(dropped.train()(x)[0], dropped.eval()(x)[0])
+    two = CharRNN(12, "lstm", 8, 16, 2, dropout=0.5, output_dropout=0.0)
+    assert two.rnn.dropout == 0.5  # still between the layers
+    with pytest.raises(ValueError, match=r"model.output_dropout must be in \[0, 1\), got 1.0"):
+        CharRNN(12, output_dropout=1.0)
+
+
 def test_locked_dropout_keeps_one_mask_per_stream_for_the_whole_window() -> None:
     """Each stream loses the same features at every time step (variational dropout); streams
     get their own masks; kept entries are scaled by 1/(1-p)."""

@@ -87,10 +87,13 @@ class CharRNN(nn.Module):
         weight_drop: float = 0.0,
         input_dropout: float = 0.0,
         locked_dropout: bool = False,
+        output_dropout: float | None = None,
+        head_all_layers: bool = False,
     ) -> None:
         super().__init__()
         for key, rate in (("dropout", dropout), ("input_dropout", input_dropout),
-                          ("weight_drop", weight_drop)):
+                          ("weight_drop", weight_drop),
+                          ("output_dropout", 0.0 if output_dropout is None else output_dropout)):
             if not 0 <= rate < 1:
                 raise ValueError(f"model.{key} must be in [0, 1), got {rate}")
         if cell not in CELLS:
@@ -98,21 +101,30 @@ class CharRNN(nn.Module):
         if tie_weights and embedding_dim != hidden_size:
             raise ValueError(f"model.tie_weights needs model.embedding_dim == model.hidden_size "
                              f"(got {embedding_dim} and {hidden_size})")
+        if tie_weights and head_all_layers and num_layers > 1:
+            raise ValueError("model.tie_weights and model.head_all_layers exclude each other: the "
+                             "head reads num_layers * hidden_size features, the embedding has "
+                             "embedding_dim")
         extra = {"nonlinearity": "tanh"} if cell == "rnn" else {}
         self.embedding = nn.Embedding(vocab_size, embedding_dim)
         self.rnn = CELLS[cell](
             embedding_dim, hidden_size, num_layers, batch_first=True,
-            dropout=dropout if num_layers > 1 and not locked_dropout else 0.0, **extra,
+            dropout=dropout if num_layers > 1 and not (locked_dropout or head_all_layers) else 0.0,
+            **extra,
         )
         self.dropout, self.input_dropout, self.locked = dropout, input_dropout, locked_dropout
+        self.output_dropout = output_dropout
+        self.head_all_layers = head_all_layers and num_layers > 1
         # one-layer shells (on the meta device: they hold no weights, never move and are not
         # submodules) that run layer l with rnn's own layer-l weights, so that a locked mask
-        # can go between the layers and the parameter names stay those of the fused cell
+        # can go between the layers, the head can read every layer, and the parameter names
+        # stay those of the fused cell
         self._shells = tuple(
             CELLS[cell](embedding_dim if i == 0 else hidden_size, hidden_size, 1,
                         batch_first=True, device="meta", **extra)
-            for i in range(num_layers)) if locked_dropout else ()
-        self.head = nn.Linear(hidden_size, vocab_size)
+            for i in range(num_layers)) if locked_dropout or self.head_all_layers else ()
+        head_in = hidden_size * (num_layers if self.head_all_layers else 1)
+        self.head = nn.Linear(head_in, vocab_size)
         if tie_weights:
             self.head.weight = self.embedding.weight
         self.weight_drop = weight_drop
@@ -121,33 +133,38 @@ class CharRNN(nn.Module):
         """The cell, with DropConnect on its hidden-to-hidden weights in training (AWD-LSTM's
         weight drop: one mask per window, shared by every stream and time step, so it
         regularises the recurrence itself, which dropout between layers never touches). With
-        locked dropout the layers run one at a time, with a locked mask between them."""
-        if not self.training or not (self.weight_drop > 0 or self.locked):
+        locked dropout or a head over all layers, the layers run one at a time (dropout
+        between them), and the output is then every layer's output side by side."""
+        drop = self.training and self.weight_drop > 0
+        split = self.head_all_layers or (self.training and self.locked)
+        if not split and not drop:
             return self.rnn(x, hidden)
         weights = dict(self.rnn.named_parameters())
-        if self.weight_drop > 0:
+        if drop:
             weights.update({name: drop_connect(w, self.weight_drop)
                             for name, w in weights.items() if name.startswith("weight_hh")})
-        if not self.locked:
+        if not split:
             return torch.func.functional_call(self.rnn, weights, (x, hidden))
-        states = []
+        outputs, states = [], []
         layer_states = split_layers(hidden, len(self._shells))
         for i, (shell, state) in enumerate(zip(self._shells, layer_states, strict=True)):
             if i:
-                x = locked_dropout(x, self.dropout)
+                x = self._drop(x, self.dropout)
             own = {name.removesuffix(f"_l{i}") + "_l0": w
                    for name, w in weights.items() if name.endswith(f"_l{i}")}
             x, state = torch.func.functional_call(shell, own, (x, state))
+            outputs.append(x)
             states.append(state)
-        return x, join_layers(states)
+        return torch.cat(outputs, -1) if self.head_all_layers else x, join_layers(states)
 
     def set_dropout(self, p: float) -> None:
-        """Change the rate of `dropout` (between layers and before the head) mid-run, for a
-        schedule (`hw2.callbacks.dropout_ramp`); the fused cell reads its own copy per call."""
+        """Change the rate of `dropout` (between layers, and before the head unless
+        `output_dropout` is set) mid-run, for a schedule (`hw2.callbacks.dropout_ramp`); the
+        fused cell reads its own copy per call."""
         if not 0 <= p < 1:
             raise ValueError(f"dropout rate must be in [0, 1), got {p}")
         self.dropout = p
-        if self.rnn.num_layers > 1 and not self.locked:
+        if self.rnn.num_layers > 1 and not self._shells:
             self.rnn.dropout = p
 
     def _drop(self, x: torch.Tensor, p: float) -> torch.Tensor:
@@ -158,7 +175,8 @@ class CharRNN(nn.Module):
     def forward(self, x: torch.Tensor, hidden: Hidden | None = None) -> tuple[torch.Tensor, Hidden]:
         """x: (batch, time) indices -> logits (batch, time, vocab), new hidden state."""
         out, hidden = self._recur(self._drop(self.embedding(x), self.input_dropout), hidden)
-        return self.head(self._drop(out, self.dropout)), hidden
+        p = self.dropout if self.output_dropout is None else self.output_dropout
+        return self.head(self._drop(out, p)), hidden
 
 
 class CharLM(TaskModule):
@@ -177,6 +195,8 @@ class CharLM(TaskModule):
         weight_drop: float = 0.0,
         input_dropout: float = 0.0,
         locked_dropout: bool = False,
+        output_dropout: float | None = None,
+        head_all_layers: bool = False,
         l2: float = 0.0,
         skip_nonfinite: bool = False,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
@@ -188,7 +208,8 @@ class CharLM(TaskModule):
         self.vocab = Vocab.from_state_dict(vocab)
         self.carry_hidden = carry_hidden
         self.net = CharRNN(len(self.vocab), cell, embedding_dim, hidden_size, num_layers,
-                           dropout, tie_weights, weight_drop, input_dropout, locked_dropout)
+                           dropout, tie_weights, weight_drop, input_dropout, locked_dropout,
+                           output_dropout, head_all_layers)
         self.state: dict[str, Hidden | None] = {}
         # mean NLL in nats and in bits, weighted by characters, so BPC is exact over a split;
         # logged as metric objects (Lightning computes and resets them at epoch end). The
