@@ -106,15 +106,15 @@ class CharRNN(nn.Module):
                              "head reads num_layers * hidden_size features, the embedding has "
                              "embedding_dim")
         extra = {"nonlinearity": "tanh"} if cell == "rnn" else {}
+        self.head_all_layers = head_all_layers and num_layers > 1
+        split = locked_dropout or self.head_all_layers  # layers run one at a time (_recur)
         self.embedding = nn.Embedding(vocab_size, embedding_dim)
         self.rnn = CELLS[cell](
             embedding_dim, hidden_size, num_layers, batch_first=True,
-            dropout=dropout if num_layers > 1 and not (locked_dropout or head_all_layers) else 0.0,
-            **extra,
+            dropout=dropout if num_layers > 1 and not split else 0.0, **extra,
         )
         self.dropout, self.input_dropout, self.locked = dropout, input_dropout, locked_dropout
         self.output_dropout = output_dropout
-        self.head_all_layers = head_all_layers and num_layers > 1
         # one-layer shells (on the meta device: they hold no weights, never move and are not
         # submodules) that run layer l with rnn's own layer-l weights, so that a locked mask
         # can go between the layers, the head can read every layer, and the parameter names
@@ -122,7 +122,7 @@ class CharRNN(nn.Module):
         self._shells = tuple(
             CELLS[cell](embedding_dim if i == 0 else hidden_size, hidden_size, 1,
                         batch_first=True, device="meta", **extra)
-            for i in range(num_layers)) if locked_dropout or self.head_all_layers else ()
+            for i in range(num_layers)) if split else ()
         head_in = hidden_size * (num_layers if self.head_all_layers else 1)
         self.head = nn.Linear(head_in, vocab_size)
         if tie_weights:
