@@ -8,6 +8,7 @@ pass and the start-up, and projects the whole recipe from the recipe's own lengt
     python bench/recipe_cost.py charlm                 # experiment=charlm_recipe, tiny shakespeare
     python bench/recipe_cost.py cnn --train-images 3750 --test-images 1250   # Food-101 subset size
     python bench/recipe_cost.py cnn --data ../shared/data/food10_dev           # its own counts
+    python bench/recipe_cost.py cnn --recipe cnn_recipe_bf16 --train-images 3750 --test-images 1250
 
 Steps are deterministic in the recipe (max_steps, or epochs x batches per epoch), so the
 projection is steps x measured step time + validations/tests x measured pass time + start-up.
@@ -88,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=None,
                    help="steps to time (default: charlm 120, cnn 2 epochs)")
     p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--recipe", default=None,
+                   help="experiment preset to time (default: <task>_recipe, e.g. cnn_recipe_bf16)")
     p.add_argument("--data", type=Path, default=None,
                    help="cnn: train/ + test/ folders (default: food10_dev under $HW2_DATA_DIR)")
     p.add_argument("--train-images", type=int, default=None,
@@ -95,16 +98,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test-images", type=int, default=None)
     p.add_argument("overrides", nargs="*", help="extra train.py overrides (the recipe's too)")
     args = p.parse_args(argv)
+    recipe = args.recipe or f"{args.task}_recipe"
     data_dir = Path(os.environ.get("HW2_DATA_DIR") or ROOT.parent / "shared" / "data")
 
     from hw2.config import compose_config
     from hw2.train import run
 
     out = Path(tempfile.mkdtemp(prefix=f"recipe_cost_{args.task}_"))
-    full = compose_config([f"experiment={args.task}_recipe", f"paths.data_dir={data_dir}",
+    full = compose_config([f"experiment={recipe}", f"paths.data_dir={data_dir}",
                            *args.overrides], out / "full")
     timer = Timer(args.warmup)
-    common = [f"experiment={args.task}_recipe", f"paths.data_dir={data_dir}",
+    common = [f"experiment={recipe}", f"paths.data_dir={data_dir}",
               f"paths.root_dir={out}", "callbacks.progress_bar.refresh_rate=0",
               "trainer.enable_model_summary=false", "trainer.num_sanity_val_steps=0"]
     if args.task == "charlm":
@@ -123,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     run(cfg, extra_callbacks=[timer])
     step = timer.step_s
     startup = (timer.first_step or t0) - T_START
-    lines = [f"{args.task}: experiment={args.task}_recipe {' '.join(args.overrides)}",
+    lines = [f"{args.task}: experiment={recipe} {' '.join(args.overrides)}",
              f"  timed {timer.steps} training steps after {args.warmup}: {step:.3f} s/step, "
              f"start-up (process start to the first step) {startup:.1f} s"]
     if args.task == "charlm":
