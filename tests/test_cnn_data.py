@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from PIL import Image
 
@@ -87,7 +88,8 @@ def test_datamodule_model_kwargs(tmp_path: Path) -> None:
     dm = ImageDataModule(str(make_folders(tmp_path / "d")), image_size=32, num_workers=0)
     dm.setup("fit")
     assert dm.model_kwargs() == {"num_classes": 3, "class_names": sorted(CLASSES),
-                                 "image_size": 32, "resize": None, "jpeg_draft": False,
+                                 "image_size": 32, "resize": None, "eval_resize": None,
+                                 "jpeg_draft": False,
                                  "mean": [0.5] * 3,
                                  "std": [0.5] * 3}
     x, y = next(iter(dm.train_dataloader()))
@@ -172,6 +174,22 @@ def test_centre_crop_and_resize() -> None:
         build_transform(32, train=True, augment="heavy")  # type: ignore[arg-type]
 
 
+def test_crop_scale_sets_how_much_of_the_photo_a_strong_crop_keeps() -> None:
+    half = half_black_half_white()  # left half black, right half white
+
+    def two_coloured(crop_scale: tuple[float, float]) -> int:
+        """How many of 20 crops still hold both halves (their edge columns differ)."""
+        torch.manual_seed(0)
+        crops = [build_transform(16, train=True, resize=32, augment="strong",
+                                 crop_scale=crop_scale)(half) for _ in range(20)]
+        return sum(float((c[:, :, 0].mean() - c[:, :, -1].mean()).abs()) > 0.5 for c in crops)
+
+    assert two_coloured((1.0, 1.0)) == 20   # the whole photo every time
+    assert two_coloured((0.02, 0.05)) < 10  # small patches: mostly one colour
+    with pytest.raises(ValueError, match="data.crop_scale"):
+        build_transform(32, train=True, augment="strong", crop_scale=(0.5, 0.2))
+
+
 # ----- photos as they come -----------------------------------------------------------------
 
 @pytest.mark.parametrize(("mode", "colour", "fmt"), [
@@ -246,3 +264,52 @@ def test_draft_decoding_with_resize(tmp_path: Path) -> None:
     whole.setup()  # the default: decoded whole, as torchvision's ImageFolder does
     assert whole.datasets["train"].min_side is None
     assert whole.datasets["train"][0][0].shape == (3, 16, 16)
+
+
+def framed(path: Path, size: int = 64, border: int = 8) -> Path:
+    """A white PNG with a black frame `border` px wide: a centre crop shows the frame or not."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.new("RGB", (size, size), (0, 0, 0))
+    image.paste((255, 255, 255), (border, border, size - border, size - border))
+    image.save(path)
+    return path
+
+
+def test_eval_resize_zooms_the_eval_crop_and_travels_with_the_checkpoint(tmp_path: Path) -> None:
+    root = make_folders(tmp_path / "d")
+    framed(root / "test" / CLASSES[0] / "framed.png")
+    same = ImageDataModule(str(root), image_size=32, resize=32, jpeg_draft=True)
+    same.setup()  # eval_resize null: evaluated as resized for training (the whole frame)
+    assert same.model_kwargs()["eval_resize"] == 32 and same.datasets["test"].min_side == 32
+    zoom = ImageDataModule(str(root), image_size=32, resize=32, eval_resize=64, jpeg_draft=True)
+    zoom.setup()
+    assert zoom.model_kwargs()["eval_resize"] == 64
+    assert zoom.datasets["train"].min_side == 32 and zoom.datasets["test"].min_side == 64
+    index = [p.name for p, _ in zoom.datasets["test"].samples].index("framed.png")
+    whole, centre = same.datasets["test"][index][0], zoom.datasets["test"][index][0]
+    assert whole[:, 0].eq(-1).all() and whole[:, 16, 16].eq(1).all()  # frame at the edge
+    assert centre.eq(1).all()  # 64 px resize, central 32: inside the frame
+    assert zoom.datasets["train"][0][0].shape == (3, 32, 32)
+    with pytest.raises(ValueError, match="data.eval_resize"):
+        ImageDataModule(str(root), image_size=32, resize=32, eval_resize=0)
+
+    # hw2.predict preprocesses as the checkpoint's eval_resize says
+    import functools
+
+    from hw2.models.classifier import ImageClassifier
+    from hw2.models.food_cnn import FoodCNN
+    from hw2.predict import predict
+
+    torch.manual_seed(0)
+    model = ImageClassifier(functools.partial(FoodCNN, channels=[4, 4, 4], kernel_size=3),
+                            **zoom.model_kwargs(), channels_last=False).eval()
+    ckpt = tmp_path / "zoom.ckpt"
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
+                "pytorch-lightning_version": pl.__version__}, ckpt)
+    [(_, top)] = list(predict(ckpt, root / "test" / CLASSES[0] / "framed.png", top_k=3))
+    with torch.no_grad():
+        expected = model(centre[None]).softmax(-1)[0]
+    assert [name for name, _ in top] == [model.class_names[i] for i in expected.argsort(
+        descending=True).tolist()]
+    assert [p for _, p in top] == pytest.approx(expected.sort(descending=True).values.tolist(),
+                                               abs=1e-5)

@@ -59,7 +59,7 @@ class ImageClassifier(TaskModule):
     """`net(num_classes=, image_size=)` trained with cross-entropy; the network is `self.net` so
     its layers show in TensorBoard as `conv1/weight`, ..., `fc/bias`. The checkpoint keeps the
     network's config, the class names and the evaluation preprocessing (`image_size`,
-    `resize`, `jpeg_draft`, `mean`, `std`), so `hw2.predict` needs nothing else."""
+    `resize`, `eval_resize`, `jpeg_draft`, `mean`, `std`), so `hw2.predict` needs nothing else."""
 
     def __init__(
         self,
@@ -68,6 +68,7 @@ class ImageClassifier(TaskModule):
         class_names: Sequence[str] | None = None,
         image_size: int = 512,
         resize: int | None = None,
+        eval_resize: int | None = None,
         jpeg_draft: bool = False,
         mean: Sequence[float] = MEAN,
         std: Sequence[float] = STD,
