@@ -49,8 +49,8 @@ def predict(ckpt: str | Path, images: str | Path | Iterable[str | Path], top_k: 
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     model = load_module(ckpt, ImageClassifier, map_location=device)
     hp = model.hparams
-    # the eval resize (checkpoints from before eval_resize: the training resize)
-    resize = hp.get("eval_resize", hp.get("resize"))
+    # the eval resize; checkpoints from before it have none (None on loading): the training one
+    resize = hp.get("eval_resize") if hp.get("eval_resize") is not None else hp.get("resize")
     transform = build_transform(hp.image_size, train=False, resize=resize,
                                 mean=hp.get("mean", (0.5,) * 3), std=hp.get("std", (0.5,) * 3))
     # decoded as the data module decoded them (checkpoints without the key were drafted)

@@ -313,3 +313,12 @@ def test_eval_resize_zooms_the_eval_crop_and_travels_with_the_checkpoint(tmp_pat
         descending=True).tolist()]
     assert [p for _, p in top] == pytest.approx(expected.sort(descending=True).values.tolist(),
                                                abs=1e-5)
+    # a checkpoint from before eval_resize: tested as resized for training (32 px, whole frame)
+    hparams = {k: v for k, v in model.hparams.items() if k != "eval_resize"}
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": hparams,
+                "pytorch-lightning_version": pl.__version__}, ckpt)
+    [(_, top)] = list(predict(ckpt, root / "test" / CLASSES[0] / "framed.png", top_k=3))
+    with torch.no_grad():
+        expected = model(whole[None]).softmax(-1)[0]
+    assert [p for _, p in top] == pytest.approx(expected.sort(descending=True).values.tolist(),
+                                               abs=1e-5)
