@@ -41,16 +41,19 @@ def image_files(items: str | Path | Iterable[str | Path]) -> list[Path]:
 
 
 def predict(ckpt: str | Path, images: str | Path | Iterable[str | Path], top_k: int = 3,
-            batch_size: int = 16, device: str = "cpu"
+            batch_size: int = 16, device: str = "cpu", eval_resize: int | None = None
             ) -> Iterator[tuple[Path, list[tuple[str, float]] | str]]:
     """(photo, [(class name, probability)] best first) per photo, or (photo, reason) for a
-    file that does not decode."""
+    file that does not decode. `eval_resize` replaces the checkpoint's (None: keep it)."""
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if eval_resize is not None and eval_resize < 1:
+        raise ValueError(f"eval_resize must be >= 1 or null (the checkpoint's), got {eval_resize}")
     model = load_module(ckpt, ImageClassifier, map_location=device)
     hp = model.hparams
     # the eval resize; checkpoints from before it have none (None on loading): the training one
-    resize = hp.get("eval_resize") if hp.get("eval_resize") is not None else hp.get("resize")
+    resize = next((r for r in (eval_resize, hp.get("eval_resize"), hp.get("resize"))
+                   if r is not None), None)
     transform = build_transform(hp.image_size, train=False, resize=resize,
                                 mean=hp.get("mean", (0.5,) * 3), std=hp.get("std", (0.5,) * 3))
     # decoded as the data module decoded them (checkpoints without the key were drafted)
@@ -81,7 +84,8 @@ def main(cfg: DictConfig) -> None:
     images = OmegaConf.to_container(images) if OmegaConf.is_list(images) else str(images)
     failed = 0
     try:
-        for path, result in predict(cfg.ckpt, images, cfg.top_k, cfg.batch_size, cfg.device):
+        for path, result in predict(cfg.ckpt, images, cfg.top_k, cfg.batch_size, cfg.device,
+                                    cfg.eval_resize):
             if isinstance(result, str):
                 failed += 1
                 print(f"error: {result}", file=sys.stderr)

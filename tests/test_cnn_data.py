@@ -322,3 +322,12 @@ def test_eval_resize_zooms_the_eval_crop_and_travels_with_the_checkpoint(tmp_pat
         expected = model(whole[None]).softmax(-1)[0]
     assert [p for _, p in top] == pytest.approx(expected.sort(descending=True).values.tolist(),
                                                abs=1e-5)
+    # predict's eval_resize replaces the checkpoint's: the zoomed crop again
+    [(_, top)] = list(predict(ckpt, root / "test" / CLASSES[0] / "framed.png", top_k=3,
+                              eval_resize=64))
+    with torch.no_grad():
+        expected = model(centre[None]).softmax(-1)[0]
+    assert [p for _, p in top] == pytest.approx(expected.sort(descending=True).values.tolist(),
+                                               abs=1e-5)
+    with pytest.raises(ValueError, match="eval_resize"):
+        list(predict(ckpt, root / "test", eval_resize=0))
