@@ -19,22 +19,24 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from torchvision.datasets import ImageFolder
+
 from hw2.checkpoints import load_module
 from hw2.models.classifier import ImageClassifier
 from hw2.predict import predict
 
 
 def photos(folders: list[Path], class_names: list[str]) -> dict[Path, str]:
-    """photo -> class name for every file of every `<class>/` folder under the given folders."""
+    """photo -> class name for every image (torchvision's extensions) of every `<class>/`
+    folder under the given folders."""
     found = {}
     for folder in folders:
-        for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
-            if class_dir.name not in class_names:
-                raise SystemExit(f"{class_dir}: class {class_dir.name!r} is not one of the "
-                                 f"checkpoint's ({', '.join(class_names)})")
-            found |= {p: class_dir.name for p in sorted(class_dir.iterdir()) if p.is_file()}
-    if not found:
-        raise SystemExit(f"no photos under {', '.join(map(str, folders))}")
+        listing = ImageFolder(folder)  # lists the files; decodes nothing
+        unknown = sorted(set(listing.classes) - set(class_names))
+        if unknown:
+            raise SystemExit(f"{folder}: classes {unknown} are not the checkpoint's "
+                             f"({', '.join(class_names)})")
+        found |= {Path(path): listing.classes[i] for path, i in listing.samples}
     return found
 
 
