@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="cnn: project for this many training photos (default: the data's)")
     p.add_argument("--test-images", type=int, default=None)
     p.add_argument("overrides", nargs="*", help="extra train.py overrides (the recipe's too)")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # overrides before or after the options
     recipe = args.recipe or f"{args.task}_recipe"
     data_dir = Path(os.environ.get("HW2_DATA_DIR") or ROOT.parent / "shared" / "data")
 

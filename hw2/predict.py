@@ -16,7 +16,14 @@ from omegaconf import DictConfig, OmegaConf
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from hw2.checkpoints import load_module
-from hw2.data.image_data import BadImageError, build_transform, load_rgb
+from hw2.data.image_data import (
+    BadImageError,
+    EvalResize,
+    build_eval_transform,
+    draft_side,
+    eval_sizes,
+    load_rgb,
+)
 from hw2.models.classifier import ImageClassifier
 
 
@@ -41,23 +48,24 @@ def image_files(items: str | Path | Iterable[str | Path]) -> list[Path]:
 
 
 def predict(ckpt: str | Path, images: str | Path | Iterable[str | Path], top_k: int = 3,
-            batch_size: int = 16, device: str = "cpu", eval_resize: int | None = None
+            batch_size: int = 16, device: str = "cpu", eval_resize: EvalResize = None
             ) -> Iterator[tuple[Path, list[tuple[str, float]] | str]]:
     """(photo, [(class name, probability)] best first) per photo, or (photo, reason) for a
-    file that does not decode. `eval_resize` replaces the checkpoint's (None: keep it)."""
+    file that does not decode. `eval_resize` (a size or a list: the probabilities of the
+    views averaged) replaces the checkpoint's (None: keep it)."""
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
-    if eval_resize is not None and eval_resize < 1:
-        raise ValueError(f"eval_resize must be >= 1 or null (the checkpoint's), got {eval_resize}")
+    if eval_resize is not None:
+        eval_sizes(eval_resize, key="eval_resize")  # a bad value fails before loading
     model = load_module(ckpt, ImageClassifier, map_location=device)
     hp = model.hparams
     # the eval resize; checkpoints from before it have none (None on loading): the training one
     resize = next((r for r in (eval_resize, hp.get("eval_resize"), hp.get("resize"))
                    if r is not None), None)
-    transform = build_transform(hp.image_size, train=False, resize=resize,
-                                mean=hp.get("mean", (0.5,) * 3), std=hp.get("std", (0.5,) * 3))
+    transform = build_eval_transform(hp.image_size, resize, mean=hp.get("mean", (0.5,) * 3),
+                                     std=hp.get("std", (0.5,) * 3))
     # decoded as the data module decoded them (checkpoints without the key were drafted)
-    min_side = resize if hp.get("jpeg_draft", True) else None
+    min_side = draft_side(resize) if hp.get("jpeg_draft", True) else None
     names: Sequence[str] = model.class_names
     k = min(top_k, len(names))
     files = image_files(images)
@@ -82,10 +90,13 @@ def predict(ckpt: str | Path, images: str | Path | Iterable[str | Path], top_k: 
 def main(cfg: DictConfig) -> None:
     images = cfg.images
     images = OmegaConf.to_container(images) if OmegaConf.is_list(images) else str(images)
+    eval_resize = cfg.eval_resize
+    if OmegaConf.is_list(eval_resize):
+        eval_resize = OmegaConf.to_container(eval_resize)
     failed = 0
     try:
         for path, result in predict(cfg.ckpt, images, cfg.top_k, cfg.batch_size, cfg.device,
-                                    cfg.eval_resize):
+                                    eval_resize):
             if isinstance(result, str):
                 failed += 1
                 print(f"error: {result}", file=sys.stderr)

@@ -331,3 +331,57 @@ def test_eval_resize_zooms_the_eval_crop_and_travels_with_the_checkpoint(tmp_pat
                                                abs=1e-5)
     with pytest.raises(ValueError, match="eval_resize"):
         list(predict(ckpt, root / "test", eval_resize=0))
+
+
+def test_eval_resize_list_tests_each_photo_at_each_size_and_averages_probabilities(
+        tmp_path: Path) -> None:
+    """`data.eval_resize=[32, 64]`: a (2, 3, 32, 32) sample per eval photo (the single-size
+    crops, in order), the classifier's prediction is the mean of their probabilities, and the
+    list travels with the checkpoint to hw2.predict; bad lists are named."""
+    import functools
+
+    from hw2.models.classifier import ImageClassifier
+    from hw2.models.food_cnn import FoodCNN
+    from hw2.predict import predict
+
+    root = make_folders(tmp_path / "d")
+    photo_path = framed(root / "test" / CLASSES[0] / "framed.png")
+    kw = {"image_size": 32, "resize": 32, "jpeg_draft": True}
+    both = ImageDataModule(str(root), eval_resize=[32, 64], **kw)
+    both.setup()
+    assert both.model_kwargs()["eval_resize"] == [32, 64]
+    # decoded once, at a scale fit for the largest view; training photos as before
+    assert both.datasets["test"].min_side == 64 and both.datasets["train"].min_side == 32
+    assert both.datasets["train"][0][0].shape == (3, 32, 32)
+    index = [p for p, _ in both.datasets["test"].samples].index(photo_path)
+    views = both.datasets["test"][index][0]
+    assert views.shape == (2, 3, 32, 32)
+    for view, size in zip(views, (32, 64), strict=True):
+        single = ImageDataModule(str(root), eval_resize=size, **kw)
+        single.setup()
+        assert torch.equal(view, single.datasets["test"][index][0])
+    assert views[0][:, 0].eq(-1).all() and views[1].eq(1).all()  # frame seen, then not
+
+    torch.manual_seed(0)
+    model = ImageClassifier(functools.partial(FoodCNN, channels=[4, 4, 4], kernel_size=3),
+                            **both.model_kwargs(), channels_last=False).eval()
+    with torch.no_grad():
+        per_view = model(views).softmax(-1)  # (2, C): each view alone
+        assert not torch.allclose(per_view[0], per_view[1])
+        averaged = model(views[None])[0]  # (1, 2, 3, H, W): log of the mean probability
+    assert averaged.exp() == pytest.approx(per_view.mean(0), abs=1e-6)
+    ckpt = tmp_path / "views.ckpt"
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
+                "pytorch-lightning_version": pl.__version__}, ckpt)
+    [(_, top)] = list(predict(ckpt, photo_path, top_k=3))
+    assert [p for _, p in top] == pytest.approx(
+        per_view.mean(0).sort(descending=True).values.tolist(), abs=1e-5)
+    # predict's list override on a checkpoint tested at one size
+    [(_, top)] = list(predict(ckpt, photo_path, top_k=3, eval_resize=[64, 64]))
+    assert [p for _, p in top] == pytest.approx(
+        per_view[1].sort(descending=True).values.tolist(), abs=1e-5)
+    for bad in ([], [32, 0], [32, None]):
+        with pytest.raises(ValueError, match=r"data.eval_resize must be .*list"):
+            ImageDataModule(str(root), eval_resize=bad, **kw)
+    with pytest.raises(ValueError, match="eval_resize"):
+        list(predict(ckpt, photo_path, eval_resize=[0]))

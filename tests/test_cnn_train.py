@@ -232,3 +232,28 @@ def test_train_py_takes_the_plain_loops_steps(tmp_path: Path, compose_cfg: Calla
     assert not torch.equal(weights.first["fc.weight"], weights.last["fc.weight"])
     for name, value in net.state_dict().items():
         torch.testing.assert_close(weights.last[name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_multi_scale_eval_through_train_py(tmp_path: Path, compose_cfg: Callable) -> None:
+    """`data.eval_resize=[32,48]`: validation and test see each photo at both sizes (averaged
+    probabilities), the figures show single photos, and hw2.predict, reading the list from the
+    checkpoint, scores what the test did."""
+    data = make_photos(tmp_path / "photos")
+    cfg = compose_cfg([*COMMON, f"data.root={data}", "data.resize=32",
+                       "data.eval_resize=[32,48]"])
+    metrics = run(cfg)
+    assert {"val/acc", "test/acc", "test/loss"} <= set(metrics)
+    run_dir = Path(cfg.paths.output_dir)
+    assert {"test/confusion_matrix", "feature_maps/input/0",
+            "feature_maps/conv1/0"} <= read_tags(run_dir)["images"]
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, weights_only=True)["hyper_parameters"]["eval_resize"] == [32, 48]
+    from hw2.predict import predict
+
+    results = dict(predict(ckpt, data / "test", top_k=1))
+    hits = [r[0][0] == path.parent.name for path, r in results.items()]
+    test_only = compose_cfg([*COMMON, f"data.root={data}", "data.resize=32",
+                             "data.eval_resize=[32,48]", "train=false", f"ckpt_path={ckpt}"],
+                            output_dir=tmp_path / "test_only")
+    assert sum(hits) / len(hits) == pytest.approx(run(test_only)["test/acc"])

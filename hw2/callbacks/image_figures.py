@@ -55,6 +55,8 @@ class MisclassifiedImages(pl.Callback):
         if not isinstance(outputs, dict) or "preds" not in outputs:
             return
         x, y = batch
+        if x.dim() == 5:  # several views per photo (eval at several resizes): show the first
+            x = x[:, 0]
         preds = outputs["preds"]
         # reservoir sample: a seeded, uniform pick over the whole (class-sorted) test split
         for i in (preds != y).nonzero().flatten().tolist():
@@ -113,7 +115,8 @@ class FeatureMaps(pl.Callback):
         # evenly spread over the split (sorted by class): different classes, same every epoch
         n = min(self.num_images, len(dataset))
         idx = [round(i * (len(dataset) - 1) / max(n - 1, 1)) for i in range(n)]
-        return torch.stack([dataset[i][0] for i in idx])
+        x = torch.stack([dataset[i][0] for i in idx])
+        return x[:, 0] if x.dim() == 5 else x  # several views per photo: the first
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule
                                 ) -> None:

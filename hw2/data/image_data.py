@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
 AUGMENTS = ("report", "strong")
+# `data.eval_resize`: one shorter side, or several (one view of the photo per size)
+EvalResize = int | Sequence[int] | None
 
 
 class BadImageError(OSError):
@@ -100,6 +102,44 @@ def build_transform(image_size: int, train: bool, resize: int | None = None,
     return v2.Compose(steps)
 
 
+def eval_sizes(eval_resize: EvalResize, key: str = "data.eval_resize") -> list[int | None]:
+    """`eval_resize` as a list of shorter sides ([None]: no resize); bad values named."""
+    if eval_resize is None:
+        return [None]
+    sizes = [eval_resize] if isinstance(eval_resize, int) else list(eval_resize)
+    if not sizes or not all(isinstance(s, int) and s >= 1 for s in sizes):
+        raise ValueError(f"{key} must be a size >= 1, a non-empty list of them or null, "
+                         f"got {eval_resize!r}")
+    return sizes
+
+
+class Views:
+    """Several eval transforms of one photo stacked as `(V, 3, H, W)`: the classifier
+    averages their probabilities (multi-scale test-time augmentation)."""
+
+    def __init__(self, transforms: Sequence[Callable[[Image.Image], torch.Tensor]]) -> None:
+        self.transforms = list(transforms)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return torch.stack([t(image) for t in self.transforms])
+
+
+def build_eval_transform(image_size: int, eval_resize: EvalResize,
+                         mean: Sequence[float] = MEAN, std: Sequence[float] = STD
+                         ) -> Callable[[Image.Image], torch.Tensor]:
+    """The evaluation preprocessing: one view `(3, H, W)` per photo, or `(V, 3, H, W)` for a
+    list of resizes (the same centre crop of the photo resized to each)."""
+    views = [build_transform(image_size, False, size, mean=mean, std=std)
+             for size in eval_sizes(eval_resize)]
+    return views[0] if len(views) == 1 else Views(views)
+
+
+def draft_side(eval_resize: EvalResize) -> int | None:
+    """The smallest side a JPEG may be draft-decoded to for these eval resizes (the largest)."""
+    sizes = eval_sizes(eval_resize)
+    return None if None in sizes else max(s for s in sizes if s is not None)
+
+
 class ImageSamples(Dataset):
     """`(path, label)` pairs decoded to RGB and transformed: `(3, s, s)` float tensor, label."""
 
@@ -135,7 +175,7 @@ class ImageDataModule(ResumableTrainData):
         layout: Layout = "auto",
         image_size: int = 512,
         resize: int | None = None,
-        eval_resize: int | None = None,
+        eval_resize: EvalResize = None,
         augment: Literal["report", "strong"] = "report",
         crop_scale: Sequence[float] = (0.35, 1.0),
         val_fraction: float = 0.1,
@@ -154,18 +194,19 @@ class ImageDataModule(ResumableTrainData):
             raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
         if num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
-        if eval_resize is not None and eval_resize < 1:
-            raise ValueError(f"data.eval_resize must be >= 1 or null (null: data.resize), "
-                             f"got {eval_resize}")
+        if eval_resize is not None:  # plain ints: they go into the checkpoint
+            sizes = eval_sizes(eval_resize)
+            eval_resize = sizes[0] if len(sizes) == 1 else sizes
         self.root = Path(root).expanduser()
         self.layout = layout
         self.image_size, self.resize, self.augment = image_size, resize, augment
         # random resized crops show objects larger than a centre crop of the same photo does;
-        # a larger eval resize before the same centre crop matches them (FixRes, Touvron 2019)
-        self.eval_resize = resize if eval_resize is None else eval_resize
+        # a larger eval resize before the same centre crop matches them (FixRes, Touvron 2019);
+        # several sizes: each photo is evaluated at each, probabilities averaged (multi-scale)
+        self.eval_resize: int | list[int] | None = resize if eval_resize is None else eval_resize
         self.transforms = {"train": build_transform(image_size, True, resize, augment,
                                                     crop_scale=crop_scale),
-                           "eval": build_transform(image_size, False, self.eval_resize, augment)}
+                           "eval": build_eval_transform(image_size, self.eval_resize)}
         self.val_fraction, self.split_seed = val_fraction, split_seed
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -193,7 +234,7 @@ class ImageDataModule(ResumableTrainData):
         # Off by default: the pixels then differ from a whole decode + resize (torchvision's
         # ImageFolder), which changed training accuracy (bench/cnn_parity.py seed 0: 46.2 vs
         # 51.1 %); a speed knob for recipes that were measured with it
-        min_sides = {"train": self.resize, "eval": self.eval_resize}
+        min_sides = {"train": self.resize, "eval": draft_side(self.eval_resize)}
         for split, samples in splits.samples.items():
             kind = "train" if split == "train" else "eval"
             self.datasets[split] = ImageSamples(samples, self.transforms[kind],

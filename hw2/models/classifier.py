@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -68,7 +69,7 @@ class ImageClassifier(TaskModule):
         class_names: Sequence[str] | None = None,
         image_size: int = 512,
         resize: int | None = None,
-        eval_resize: int | None = None,
+        eval_resize: int | Sequence[int] | None = None,
         jpeg_draft: bool = False,
         mean: Sequence[float] = MEAN,
         std: Sequence[float] = STD,
@@ -118,6 +119,13 @@ class ImageClassifier(TaskModule):
         self.test_results: dict[str, torch.Tensor] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of `(B, 3, H, W)` photos; for `(B, V, 3, H, W)`, V views of each photo (eval
+        at several resizes), the log of their mean probability: an ensemble's prediction, and
+        logits for cross-entropy and argmax like any other."""
+        if x.dim() == 5:
+            b, v = x.shape[:2]
+            logp = self(x.flatten(0, 1)).float().log_softmax(-1).unflatten(0, (b, v))
+            return logp.logsumexp(dim=1) - math.log(v)
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         if self.tta_flip and not self.training:
