@@ -18,6 +18,11 @@ variants run N times interleaved and the best figure of each is kept. Variants:
     python bench/framework_tax.py --small --steps 30          # tiny models: a quick check
     python bench/framework_tax.py --device cuda --tasks charlm
     python bench/framework_tax.py --profile hw2 --tasks charlm --small   # cProfile of the hw2 run
+    python bench/framework_tax.py --tasks cnn --hw2-overrides "logger=csv"   # bisect hw2's extras
+
+The hw2 variant's clock stops at a validation and at the epoch's last step and restarts at the
+next step (mid-epoch) or epoch start, as the plain loop's; `--profile` covers the same windows
+(FRAMEWORK_TAX_PSTATS=<file> also saves it for pstats).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,12 +105,16 @@ class Clock:
         if self.start == self.start and self.end != self.end and self.paused is None:
             self.sync()
             self.paused = (time.perf_counter(), time.process_time())
+            if self.profiler:  # the profile shows what the timing counts
+                self.profiler.disable()
 
     def resume(self) -> None:
         if self.paused is not None:
             self.start += time.perf_counter() - self.paused[0]
             self.cpu_start += time.process_time() - self.paused[1]
             self.paused = None
+            if self.profiler:
+                self.profiler.enable()
 
     def after(self, i: int) -> None:
         if i == self.warmup + self.steps - 1:
@@ -116,7 +125,8 @@ class Clock:
                 self.profiler.disable()
 
 
-def run_hw2(task: str, s: dict, device: str, clock: Clock, malloc: bool) -> None:
+def run_hw2(task: str, s: dict, device: str, clock: Clock, malloc: bool,
+            extra: Sequence[str] = ()) -> None:
     import pytorch_lightning as pl
 
     from hw2.config import compose_config
@@ -124,10 +134,17 @@ def run_hw2(task: str, s: dict, device: str, clock: Clock, malloc: bool) -> None
 
     class Timer(pl.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            # after a mid-epoch validation (val_check_interval < 1) and its checkpoint: the
+            # steps go on; an epoch's first step resumed at the epoch start (loader included)
+            clock.resume()
             clock.before(trainer.global_step)
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             clock.after(trainer.global_step - 1)
+            if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+                # the epoch's end starts here: other callbacks' on_train_epoch_end (histograms)
+                # run before this one's, so pausing there would count them
+                clock.pause()
 
         def on_validation_start(self, trainer, pl_module):  # not a step: the loop has none
             clock.pause()
@@ -139,8 +156,8 @@ def run_hw2(task: str, s: dict, device: str, clock: Clock, malloc: bool) -> None
             clock.resume()
 
     out = Path(tempfile.mkdtemp(prefix=f"tax_{task}_"))
-    cfg = compose_config(overrides(task, s, device, clock.warmup + clock.steps, out, malloc),
-                         out)
+    cfg = compose_config(overrides(task, s, device, clock.warmup + clock.steps, out, malloc)
+                         + list(extra), out)
     run(cfg, extra_callbacks=[Timer()])
 
 
@@ -241,12 +258,16 @@ def child(args: argparse.Namespace) -> None:
               "plain+malloc": True, "plain-malloc": False}[variant]
     if args.device == "cuda":
         malloc = variant in ("plain+malloc",)
-    fn = run_hw2 if variant.startswith("hw2") else run_plain
-    fn(task, s, args.device, clock, malloc)
+    if variant.startswith("hw2"):
+        run_hw2(task, s, args.device, clock, malloc, args.hw2_overrides.split())
+    else:
+        run_plain(task, s, args.device, clock, malloc)
     if clock.profiler:
         import pstats
 
         stats = pstats.Stats(clock.profiler, stream=sys.stderr)
+        if os.environ.get("FRAMEWORK_TAX_PSTATS"):  # for pstats or snakeviz
+            stats.dump_stats(os.environ["FRAMEWORK_TAX_PSTATS"])
         stats.sort_stats("tottime").print_stats(25)
         stats.sort_stats("cumulative").print_stats(40)
     per_step = (s["batch"] * s["seq_len"]) if task == "charlm" else s["batch"]
@@ -276,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads per run (1 gives steadier figures on a busy machine)")
     p.add_argument("--profile", default=None, help="cProfile this variant (to stderr)")
+    p.add_argument("--hw2-overrides", default="",
+                   help="extra train.py overrides for the hw2 variants, space-separated: which "
+                        "part costs, e.g. 'logger=csv callbacks.feature_maps=null'")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.device == "auto":
@@ -300,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
                 cmd += ["--small"] if args.small else []
                 cmd += ["--threads", str(args.threads)] if args.threads else []
                 cmd += ["--profile", args.profile] if args.profile else []
+                cmd += ["--hw2-overrides", args.hw2_overrides] if args.hw2_overrides else []
                 env = dict(os.environ, **{T0_ENV: repr(time.time())})
                 proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
                 lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
