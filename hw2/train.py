@@ -19,7 +19,7 @@ from hw2.checkpoints import check_resume_data, load_for_data, resume_hparams
 from hw2.gpu_slots import run_in_gpu_slot
 from hw2.resume import keep_csv_rows, logging_step, resolve_checkpoint
 from hw2.run_record import recorded_run
-from hw2.runtime import fast_precision, tune_malloc, uses_cuda
+from hw2.runtime import fast_event_checksums, fast_precision, tune_malloc, uses_cuda
 from hw2.sweep import job_overrides
 
 log = logging.getLogger(__name__)
@@ -106,6 +106,7 @@ def _run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback]) -> dict[str, f
     accelerator = str(cfg.trainer.get("accelerator", "auto"))
     if cfg.get("tune_malloc") and not uses_cuda(accelerator):
         tune_malloc()  # a CPU measure (bench/framework_tax.py); not measured helpful on a GPU
+    fast_event_checksums()  # TensorBoard's record checksums in C, not pure Python
     if cfg.trainer.get("precision") == "auto":
         with open_dict(cfg):
             cfg.trainer.precision = fast_precision(str(cfg.trainer.get("accelerator", "auto")))

@@ -104,3 +104,33 @@ def test_fast_precision_follows_the_cpu(monkeypatch) -> None:
     assert fast_precision("cpu") == "32-true"
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
     assert fast_precision("cpu") == "bf16-mixed"
+
+
+def test_fast_event_checksums_write_the_same_files_tensorboard_reads(tmp_path: Path,
+                                                                     monkeypatch) -> None:
+    """The C checksum is TensorBoard's own masked CRC32C (same value on any bytes), and an
+    event file written with it reads back through TensorBoard's reader, which checks every
+    record's checksum (a wrong one raises DataLossError)."""
+    import os
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+    from tensorboard.summary.writer import record_writer
+    from torch.utils.tensorboard import SummaryWriter
+
+    from hw2.runtime import fast_event_checksums
+
+    monkeypatch.setattr(record_writer, "masked_crc32c", record_writer.masked_crc32c)  # restored
+    assert fast_event_checksums()
+    fast = record_writer.masked_crc32c
+    assert fast is not masked_crc32c
+    for data in (b"", b"hw2", os.urandom(100_003), bytearray(os.urandom(7))):
+        assert fast(data) == masked_crc32c(data)
+    writer = SummaryWriter(str(tmp_path))
+    writer.add_scalar("train/loss", 1.5, global_step=3)
+    writer.add_image("feature_maps/conv1/0", torch.rand(1, 64, 64), global_step=3)
+    writer.close()
+    acc = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    assert [e.value for e in acc.Scalars("train/loss")] == [1.5]
+    assert len(acc.Images("feature_maps/conv1/0")) == 1
