@@ -90,13 +90,10 @@ def predict(ckpt: str | Path, images: str | Path | Iterable[str | Path], top_k: 
 def main(cfg: DictConfig) -> None:
     images = cfg.images
     images = OmegaConf.to_container(images) if OmegaConf.is_list(images) else str(images)
-    eval_resize = cfg.eval_resize
-    if OmegaConf.is_list(eval_resize):
-        eval_resize = OmegaConf.to_container(eval_resize)
     failed = 0
     try:
         for path, result in predict(cfg.ckpt, images, cfg.top_k, cfg.batch_size, cfg.device,
-                                    eval_resize):
+                                    cfg.eval_resize):  # a list arrives as a ListConfig: fine
             if isinstance(result, str):
                 failed += 1
                 print(f"error: {result}", file=sys.stderr)

@@ -137,7 +137,7 @@ def build_eval_transform(image_size: int, eval_resize: EvalResize,
 def draft_side(eval_resize: EvalResize) -> int | None:
     """The smallest side a JPEG may be draft-decoded to for these eval resizes (the largest)."""
     sizes = eval_sizes(eval_resize)
-    return None if None in sizes else max(s for s in sizes if s is not None)
+    return None if sizes == [None] else max(sizes)  # type: ignore[type-var]
 
 
 class ImageSamples(Dataset):
