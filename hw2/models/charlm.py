@@ -221,6 +221,9 @@ class CharLM(TaskModule):
                 if stage == "train":
                     metric.persistent(True)
                 setattr(self, f"{stage}_{unit}", metric)
+                suffix = "_epoch" if stage == "train" else ""  # train/bpc itself is per step
+                self.log_at_epoch_end(f"{stage}/{unit}{suffix}", f"{stage}_{unit}",
+                                      prog_bar=stage != "train" and unit == "bpc")
 
     def forward(self, x: torch.Tensor, hidden: Hidden | None = None) -> tuple[torch.Tensor, Hidden]:
         return self.net(x, hidden)
@@ -234,14 +237,9 @@ class CharLM(TaskModule):
         return nll, hidden if self.carry_hidden else None
 
     def _update(self, stage: str, nll: torch.Tensor, chars: int) -> None:
-        """Accumulate the split's mean and log it once per epoch (exact: weighted by chars)."""
-        loss, bpc = getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_bpc")
-        loss.update(nll.detach(), weight=chars)
-        bpc.update(nll.detach() / LN2, weight=chars)
-        suffix = "_epoch" if stage == "train" else ""  # train/bpc itself is per step
-        self.log(f"{stage}/loss{suffix}", loss, on_step=False, on_epoch=True)
-        self.log(f"{stage}/bpc{suffix}", bpc, on_step=False, on_epoch=True,
-                 prog_bar=stage != "train")
+        """Accumulate the split's mean, logged at its epoch end (exact: weighted by chars)."""
+        getattr(self, f"{stage}_loss").update(nll.detach(), weight=chars)
+        getattr(self, f"{stage}_bpc").update(nll.detach() / LN2, weight=chars)
 
     def on_train_epoch_start(self) -> None:
         self.state["train"] = None  # streams start again at the beginning of the text

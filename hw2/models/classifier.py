@@ -115,6 +115,11 @@ class ImageClassifier(TaskModule):
         self.test_acc = MulticlassAccuracy(**kw, average="micro")
         self.test_class_acc = MulticlassAccuracy(**kw, average=None)
         self.test_confusion = MulticlassConfusionMatrix(**kw)
+        for stage in ("train", "val", "test"):
+            self.log_at_epoch_end(f"{stage}/loss", f"{stage}_loss")
+            self.log_at_epoch_end(f"{stage}/acc", f"{stage}_acc", prog_bar=stage != "train")
+        if self.l2:
+            self.log_at_epoch_end("train/l2_penalty", "train_l2")
         # filled at test end for the figures: {"confusion": (C, C), "class_acc": (C,)}
         self.test_results: dict[str, torch.Tensor] = {}
 
@@ -142,10 +147,7 @@ class ImageClassifier(TaskModule):
         acc.update(preds, y)
         # epoch means, weighted by batch size: runs with and without L2 overlay per epoch
         mean_loss = getattr(self, f"{stage}_loss")
-        mean_loss.update(loss.detach(), weight=len(y))
-        self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True)
-        self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=stage != "train",
-                 batch_size=len(y))
+        mean_loss.update(loss.detach(), weight=len(y))  # both logged at epoch end
         return loss, preds
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
@@ -154,7 +156,6 @@ class ImageClassifier(TaskModule):
             return self.checked_loss(loss)
         penalty = self.l2_penalty()
         self.train_l2.update(penalty.detach(), weight=len(batch[1]))
-        self.log("train/l2_penalty", self.train_l2, on_step=False, on_epoch=True)
         return self.checked_loss(loss + penalty)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
@@ -167,6 +168,7 @@ class ImageClassifier(TaskModule):
         return {"loss": loss, "preds": preds}  # preds: for the misclassified-images figure
 
     def on_test_epoch_end(self) -> None:
+        super().on_test_epoch_end()
         if self.test_confusion.update_count == 0:
             return
         confusion = self.test_confusion.compute().cpu()
