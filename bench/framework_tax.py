@@ -22,7 +22,8 @@ variants run N times interleaved and the best figure of each is kept. Variants:
 
 The hw2 variant's clock stops at a validation and at the epoch's last step and restarts at the
 next step (mid-epoch) or epoch start, as the plain loop's; `--profile` covers the same windows
-(FRAMEWORK_TAX_PSTATS=<file> also saves it for pstats).
+(FRAMEWORK_TAX_PSTATS=<file> also saves it for pstats). With --repeats, each repeat's ratio
+to the plain loop is printed too: one run's figure moves by a few % on a shared 2-core machine.
 """
 
 from __future__ import annotations
@@ -317,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         if not need[task].exists():
             print(f"skip {task}: {need[task]} not found (set HW2_DATA_DIR)", file=sys.stderr)
             continue
-        for _ in range(args.repeats):
+        for repeat in range(args.repeats):
             for variant in variants:
                 cmd = [sys.executable, __file__, "--child", f"{task}:{variant}", "--device",
                        args.device, "--steps", str(args.steps), "--warmup", str(args.warmup)]
@@ -334,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 if args.profile == variant:
                     print(proc.stderr[-12000:], file=sys.stderr)
-                results.append(json.loads(lines[-1][7:]))
+                results.append(dict(json.loads(lines[-1][7:]), repeat=repeat))
                 r = results[-1]
                 print(f"  {task:<6} {variant:<13} {r['steps_per_s']:8.2f} steps/s "
                       f"{r['steps_per_cpu_s']:8.2f} steps/CPU-s startup {r['startup_s']:5.1f} s",
@@ -366,6 +367,19 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['steps_per_s']:.2f} | {r['items_per_s']:,.0f} | {ratio:.3f} | "
               f"{r['steps_per_cpu_s']:.2f} | {cpu_ratio:.3f} | "
               f"{r['startup_s']:.1f} s | {r['rss_mib']:.0f} MiB | {gpu} |")
+    if args.repeats > 1:  # the run-to-run spread: each repeat's variants ran back to back
+        import statistics
+
+        for task in dict.fromkeys(r["task"] for r in results):
+            runs = {(r["variant"], r["repeat"]): r["steps_per_s"] for r in results
+                    if r["task"] == task}
+            for variant in variants:
+                pairs = [runs[variant, k] / runs["plain", k] for k in range(args.repeats)
+                         if (variant, k) in runs and ("plain", k) in runs]
+                if variant != "plain" and pairs:
+                    print(f"{task} {variant} / plain, per repeat: "
+                          f"{' '.join(f'{x:.3f}' for x in pairs)} "
+                          f"(median {statistics.median(pairs):.3f})")
     return 0
 
 
