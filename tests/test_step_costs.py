@@ -1,7 +1,7 @@
 """What the per-step code does and no longer does: values are logged only on the logger's
 steps, epoch metrics are logged once at their epoch's end as exact weighted means, parameter
-histograms leave no BLAS threads spinning, and `data.val_fraction=0` trains on every photo (as
-the plain loop of bench/cnn_parity.py)."""
+histograms are TensorBoard's own record computed without numpy's BLAS, and
+`data.val_fraction=0` trains on every photo (as the plain loop of bench/cnn_parity.py)."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def test_classifier_logs_epoch_metrics_at_epoch_end_not_per_step(
                        "data.batch_size=4", "data.val_fraction=0", "trainer.accelerator=cpu",
                        "trainer.max_epochs=2", "model.l2=1e-3", "test=false",
                        "trainer.enable_model_summary=false"])
-    right: list[list[bool]] = [[], []]
+    right: list[list[int]] = [[], []]  # per epoch: right predictions so far, after each step
 
     class Predictions(pl.Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
@@ -153,8 +153,9 @@ def test_malloc_tuning_is_for_cpu_runs_only(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_parameter_histograms_match_tensorboards_without_numpy_blas(tmp_path: Path) -> None:
     """hw2's histogram record is TensorBoard's `add_histogram` (default buckets) computed in
-    torch: the same buckets, counts, min, max, count and sums as TensorBoard's own, so its
-    dashboards and hw2.report read them alike; no numpy `dot` (OpenBLAS threads)."""
+    torch (so without numpy's `dot`, whose OpenBLAS threads spin: see add_histogram): the same
+    buckets, counts, min, max, count and sums as TensorBoard's own, so its dashboards and
+    hw2.report read them alike."""
     from torch.utils.tensorboard import SummaryWriter
 
     from hw2.callbacks.histograms import add_histogram
