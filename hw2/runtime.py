@@ -37,9 +37,9 @@ def fast_event_checksums() -> bool:
     Without TensorFlow, TensorBoard computes each record's masked CRC32C in pure Python (~12 ms
     per 100 KB) on its writer thread, holding the GIL while the training steps run: with the
     FoodCNN's per-epoch figures (~0.8 MB) that thread was busy in 6 % of py-spy's samples of a
-    run (8 of 2,543 after this; the step rate moved within noise: README, framework tax). This
-    swaps in the same checksum from google-crc32c's C code (~4 us per 100 KB): the files are
-    byte-identical. A no-op (False) where either package or the C build is missing.
+    run (8 of 2,543 after this; the step rate moved within noise: docs/benchmarks.md, framework
+    tax). This swaps in the same checksum from google-crc32c's C code (~4 us per 100 KB): the
+    files are byte-identical. A no-op (False) where either package or the C build is missing.
     """
     try:
         import google_crc32c

@@ -131,8 +131,8 @@ class TaskModule(pl.LightningModule):
         """Log the metric object `self.<metric_attr>` as `name` (`<split>/...`) once, when its
         split's epoch ends; the steps only update it. Lightning computes and resets it then, as
         when it is logged at every step with on_epoch=True, but each such `self.log` costs
-        ~0.3 ms of Lightning's Python per step (measured on a CPU: README, framework tax;
-        estimated ~4 % of a ~15 ms GPU CharLM step, not measured there)."""
+        ~0.3 ms of Lightning's Python per step (measured on a CPU: docs/benchmarks.md, framework
+        tax; estimated ~4 % of a ~15 ms GPU CharLM step, not measured there)."""
         split = name.split("/", 1)[0]
         if split not in ("train", "val", "test"):
             raise ValueError(f"{name!r}: an epoch metric's name starts with train/, val/ or test/")
