@@ -44,8 +44,13 @@ def build_folder(out: Path, per_class: int, dev: Path, extra: Path) -> Path:
         own = sorted(class_dir.iterdir())
         files = random.Random(0).sample(own, per_class) if per_class < len(own) else own
         if per_class > len(own):
-            more = sorted((extra / "train" / class_dir.name).iterdir())
-            more += sorted((extra / "test" / class_dir.name).iterdir())
+            more = []
+            for split in ("train", "test"):
+                d = extra / split / class_dir.name
+                if not d.is_dir():
+                    raise SystemExit(f"{d} not found: --per-class {per_class} needs --extra "
+                                     f"photos beyond the {len(own)} of {class_dir}")
+                more += sorted(d.iterdir())
             if len(own) + len(more) < per_class:
                 raise SystemExit(f"{class_dir.name}: {len(own)} + {len(more)} photos in {dev} "
                                  f"and {extra}, fewer than --per-class {per_class}")
