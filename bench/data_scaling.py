@@ -35,14 +35,15 @@ DATA = Path(os.environ.get("HW2_DATA_DIR", ROOT.parent / "shared" / "data"))
 
 def build_folder(out: Path, per_class: int, dev: Path, extra: Path) -> Path:
     """A train/ + test/ folder with `per_class` training photos per class: a seeded draw from
-    dev's train/ (all of it at 150 or more), then extra's train/ and test/ photos."""
+    dev's train/ (all of it when per_class is at least its count), then extra's train/ and
+    test/ photos."""
     root = out / f"n{per_class * len(list((dev / 'train').iterdir()))}"
     if not (root / "test").exists():
         root.mkdir(parents=True, exist_ok=True)
         (root / "test").symlink_to((dev / "test").resolve())
     for class_dir in sorted((dev / "train").iterdir()):
         own = sorted(class_dir.iterdir())
-        files = random.Random(0).sample(own, per_class) if per_class < len(own) else own
+        files = random.Random(0).sample(own, per_class) if per_class < len(own) else list(own)
         if per_class > len(own):
             more = []
             for split in ("train", "test"):
@@ -69,6 +70,10 @@ def train(folder: Path, recipe: str, seed: int, out: Path, overrides: list[str])
     name = f"{folder.name}_s{seed}"
     run_dir = out / "logs" / "cnn" / "runs" / name
     record = read_record(run_dir) if run_dir.is_dir() else None
+    wanted = [f"experiment={recipe}", *overrides]
+    if record and not set(wanted) <= set(record.get("overrides", [])):
+        raise SystemExit(f"{run_dir} was trained with {record.get('overrides')}, not with "
+                         f"{wanted}: give another --out")
     if not (record and record.get("status") == "finished"):
         cmd = [sys.executable, str(ROOT / "train.py"), f"experiment={recipe}", "data=image_folder",
                f"data.root={folder}", f"seed={seed}", f"run_name={name}",
