@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger
-from torch.utils.tensorboard import SummaryWriter
+
+if TYPE_CHECKING:  # a type only: a run logging to CSV needs no TensorBoard import
+    from torch.utils.tensorboard import SummaryWriter
 
 
 def tensorboard(trainer: pl.Trainer):
