@@ -8,7 +8,7 @@ from omegaconf import DictConfig
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="generate")
 def main(cfg: DictConfig) -> None:
-    from hw2.generate import generate
+    from hw2.inference import generate
 
     try:
         text = generate(cfg.ckpt, str(cfg.prime), cfg.length, cfg.temperature, cfg.top_k,

@@ -14,10 +14,10 @@ SIGTERM_EXIT = 143  # 128 + SIGTERM, what a shell reports for a process ended by
 def main(cfg: DictConfig) -> float | None:
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-    from hw2.checkpoints import CheckpointError  # after Hydra parsed the command line:
-    from hw2.fileio import UnwritablePathError  # --help stays fast
-    from hw2.sweep import run_job
+    from hw2.runs.checkpoints import CheckpointError  # after Hydra parsed the command line:
+    from hw2.sweeps.job import run_job
     from hw2.train import run
+    from hw2.utils.fileio import UnwritablePathError  # --help stays fast
 
     try:  # sweeps: skip finished jobs, resume interrupted ones, survive failures
         return run_job(cfg, run)

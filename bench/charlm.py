@@ -33,7 +33,7 @@ def probe_chars_per_sec(cell: str, batch: int, seq_len: int, dropout: float,
     import torch.nn.functional as F
 
     from hw2.models.charlm import CharRNN
-    from hw2.runtime import fast_precision, tune_malloc
+    from hw2.utils.runtime import fast_precision, tune_malloc
 
     tune_malloc()  # as the trainer does
     bf16 = fast_precision("cpu") == "bf16-mixed"
@@ -76,9 +76,9 @@ def main() -> None:
     import torch
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from hw2.checkpoints import load_module
     from hw2.config import compose_config
     from hw2.models.charlm import CharLM
+    from hw2.runs.checkpoints import load_module
     from hw2.train import run
 
     out_root = Path(args.out or tempfile.mkdtemp(prefix="bench_charlm_"))

@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.resize is None and args.image_size < 256:
         args.resize = args.image_size  # a small crop of a 512 px photo is a central patch
 
-    from hw2.runtime import fast_precision, tune_malloc
+    from hw2.utils.runtime import fast_precision, tune_malloc
 
     tune_malloc()  # what train.py does on a CPU: (a) and (b) run in the same process
     precision = fast_precision("cpu") if args.precision == "auto" else args.precision

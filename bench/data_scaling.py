@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hw2.run_record import read_record  # noqa: E402
+from hw2.runs.record import read_record  # noqa: E402
 
 DATA = Path(os.environ.get("HW2_DATA_DIR", ROOT.parent / "shared" / "data"))
 

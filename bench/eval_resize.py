@@ -22,9 +22,9 @@ from pathlib import Path
 
 from torchvision.datasets import ImageFolder
 
-from hw2.checkpoints import load_module
+from hw2.inference import predict
 from hw2.models.classifier import ImageClassifier
-from hw2.predict import predict
+from hw2.runs.checkpoints import load_module
 
 
 def photos(folders: list[Path], class_names: list[str]) -> dict[Path, str]:

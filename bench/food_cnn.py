@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from hw2.data.image_data import ImageDataModule
 from hw2.models.classifier import ImageClassifier
 from hw2.models.food_cnn import FoodCNN
-from hw2.runtime import tune_malloc
+from hw2.utils.runtime import tune_malloc
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ variants run N times interleaved and the best figure of each is kept. Variants:
           out of the timed steps (the plain loop has none), per-step work is all in;
   plain   a minimal loop: hw2's network (`CharRNN` / `FoodCNN`), batches from hw2's data module,
           the same optimiser, schedule, clipping and autocast as the config, no framework;
-  plain+malloc / hw2-malloc  the same with / without `hw2.runtime.tune_malloc` (CPU only by
+  plain+malloc / hw2-malloc  the same with / without `hw2.utils.runtime.tune_malloc` (CPU only by
           default): whether glibc malloc tuning helps this device.
 
     python bench/framework_tax.py                             # default models, auto device
@@ -190,7 +190,7 @@ def run_plain(task: str, s: dict, device: str, clock: Clock, malloc: bool) -> No
     import torch.nn.functional as F
 
     from hw2.models.base import warmup_cosine
-    from hw2.runtime import fast_precision, tune_malloc
+    from hw2.utils.runtime import fast_precision, tune_malloc
 
     if malloc:
         tune_malloc()

@@ -15,12 +15,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from hw2.checkpoints import check_resume_data, load_for_data, resume_hparams
-from hw2.gpu_slots import run_in_gpu_slot
-from hw2.resume import keep_csv_rows, logging_step, resolve_checkpoint
-from hw2.run_record import recorded_run
-from hw2.runtime import fast_event_checksums, fast_precision, tune_malloc, uses_cuda
-from hw2.sweep import job_overrides
+from hw2.runs.checkpoints import check_resume_data, load_for_data, resume_hparams
+from hw2.runs.record import job_overrides, recorded_run
+from hw2.runs.resume import keep_csv_rows, logging_step, resolve_checkpoint
+from hw2.utils.runtime import fast_event_checksums, fast_precision, tune_malloc, uses_cuda
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +77,8 @@ def scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 def run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> dict[str, float]:
     """Train and/or test as the config says; returns the final metrics. `extra_callbacks`
-    join the configured ones (benchmarks, notebooks).
-
-    With `spread_gpus=true` (launcher=local_gpus) the job locks a free GPU of the pool and
-    trains in a child process that sees only it (`hw2.gpu_slots`)."""
-    if cfg.get("spread_gpus"):
-        return run_in_gpu_slot(cfg, extra_callbacks)
+    join the configured ones (benchmarks, notebooks). Sweep logic (skipping finished jobs, a
+    GPU per job) lives in `hw2.sweeps.job.run_job`, which calls this."""
     with recorded_run(cfg.paths.output_dir) as record:
         with open_dict(cfg):  # resume=auto and Lightning's names -> the file it starts from
             cfg.ckpt_path = resolve_checkpoint(cfg)

@@ -18,14 +18,14 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 
-from hw2.checkpoints import CheckpointError, load_module
 from hw2.data.corpus import IambicPlays, TinyShakespeare
 from hw2.data.vocab import Vocab
-from hw2.fileio import UnwritablePathError, atomic_write_bytes, writable_dir
+from hw2.inference import predict
 from hw2.models.charlm import CharLM
 from hw2.models.classifier import ImageClassifier
-from hw2.predict import predict
+from hw2.runs.checkpoints import CheckpointError, load_module
 from hw2.train import run
+from hw2.utils.fileio import UnwritablePathError, atomic_write_bytes, writable_dir
 from tests.conftest import ROOT, compose_train
 
 TEXT = "ROMEO:\nBut soft, what light through yonder window breaks?\n\n" * 40

@@ -13,11 +13,11 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader
 
-from hw2.checkpoints import load_module
 from hw2.data.char_data import StreamWindows, make_streams
 from hw2.data.vocab import Vocab
-from hw2.generate import generate
+from hw2.inference import generate
 from hw2.models.charlm import CharLM, CharRNN, drop_connect, locked_dropout
+from hw2.runs.checkpoints import load_module
 from hw2.train import run
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -296,9 +296,9 @@ def test_eval_resize_zooms_the_eval_crop_and_travels_with_the_checkpoint(tmp_pat
     # hw2.predict preprocesses as the checkpoint's eval_resize says
     import functools
 
+    from hw2.inference import predict
     from hw2.models.classifier import ImageClassifier
     from hw2.models.food_cnn import FoodCNN
-    from hw2.predict import predict
 
     torch.manual_seed(0)
     model = ImageClassifier(functools.partial(FoodCNN, channels=[4, 4, 4], kernel_size=3),
@@ -340,9 +340,9 @@ def test_eval_resize_list_tests_each_photo_at_each_size_and_averages_probabiliti
     list travels with the checkpoint to hw2.predict; bad lists are named."""
     import functools
 
+    from hw2.inference import predict
     from hw2.models.classifier import ImageClassifier
     from hw2.models.food_cnn import FoodCNN
-    from hw2.predict import predict
 
     root = make_folders(tmp_path / "d")
     photo_path = framed(root / "test" / CLASSES[0] / "framed.png")

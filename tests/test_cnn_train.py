@@ -87,7 +87,7 @@ def test_cnn_trains_logs_report_figures_and_tests_from_checkpoint(
     again = run(test_only)
     assert again["test/acc"] == metrics["test/acc"] and "train/loss" not in again
     # hw2.predict preprocesses as the checkpoint says: its top-1 matches the test accuracy
-    from hw2.predict import predict
+    from hw2.inference import predict
 
     results = dict(predict(best[0], data / "test", top_k=3))
     assert len(results) == 6 and all(len(r) == 3 for r in results.values())
@@ -249,7 +249,7 @@ def test_multi_scale_eval_through_train_py(tmp_path: Path, compose_cfg: Callable
             "feature_maps/conv1/0"} <= read_tags(run_dir)["images"]
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     assert torch.load(ckpt, weights_only=True)["hyper_parameters"]["eval_resize"] == [32, 48]
-    from hw2.predict import predict
+    from hw2.inference import predict
 
     results = dict(predict(ckpt, data / "test", top_k=1))
     hits = [r[0][0] == path.parent.name for path, r in results.items()]

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hw2.run_record import read_record, status_of
+from hw2.runs.record import read_record, status_of
 from tests.slurm_cluster import SlurmCluster, slurm_cluster  # noqa: F401 - the fixture
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from hw2.run_record import read_record, status_of
+from hw2.runs.record import read_record, status_of
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hw2.gpu_slots import claim_gpu, gpu_pool
+from hw2.sweeps.gpu_slots import claim_gpu, gpu_pool
 
 
 def test_pool_from_key_env_or_count(monkeypatch: pytest.MonkeyPatch) -> None:

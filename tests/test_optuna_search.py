@@ -12,7 +12,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from hw2.run_record import read_record
+from hw2.runs.record import read_record
 from hydra_plugins.hw2_optuna_sweeper.optuna_sweeper import STALE, OptunaSweeper, search_space
 from tests.test_report import TINY_CHARLM, sweep
 

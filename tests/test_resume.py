@@ -16,11 +16,11 @@ import torch
 from omegaconf import open_dict
 
 from hw2.callbacks.rng import RngState
-from hw2.checkpoint_io import AtomicCheckpointIO, remove_stale_temps
 from hw2.data.char_data import StreamWindows, make_streams
 from hw2.data.resumable import EpochSampler
 from hw2.models.base import NonFiniteLossError, TaskModule
-from hw2.resume import resolve_checkpoint
+from hw2.runs.atomic_io import AtomicCheckpointIO, remove_stale_temps
+from hw2.runs.resume import resolve_checkpoint
 
 
 def test_resume_auto_last_best_hpc_and_paths(compose_cfg: Callable, tmp_path: Path) -> None:

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from hw2.checkpoint_io import AtomicCheckpointIO
-from hw2.gpu_slots import claim_gpu
+from hw2.runs.atomic_io import AtomicCheckpointIO
+from hw2.sweeps.gpu_slots import claim_gpu
 
 
 def test_gpu_slots_hand_out_distinct_indices_and_wait(tmp_path: Path, monkeypatch) -> None:
-    import hw2.gpu_slots
+    import hw2.sweeps.gpu_slots
 
     polled = threading.Event()
     real_sleep = time.sleep
@@ -25,7 +25,7 @@ def test_gpu_slots_hand_out_distinct_indices_and_wait(tmp_path: Path, monkeypatc
         polled.set()
         real_sleep(seconds)
 
-    monkeypatch.setattr(hw2.gpu_slots.time, "sleep", sleep)
+    monkeypatch.setattr(hw2.sweeps.gpu_slots.time, "sleep", sleep)
     with claim_gpu(tmp_path, 2) as a, claim_gpu(tmp_path, 2) as b:
         assert {a, b} == {0, 1}
         got: list[int] = []
@@ -62,7 +62,7 @@ def test_atomic_checkpoint_keeps_the_old_file_when_a_save_fails(tmp_path: Path) 
 
 MALLOC_PROBE = """
 import ctypes
-from hw2.runtime import tune_malloc
+from hw2.utils.runtime import tune_malloc
 
 class Mallinfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
@@ -98,7 +98,7 @@ def test_tune_malloc_keeps_big_blocks_off_mmap() -> None:
 def test_fast_precision_follows_the_cpu(monkeypatch) -> None:
     import torch
 
-    from hw2.runtime import fast_precision
+    from hw2.utils.runtime import fast_precision
 
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
     assert fast_precision("cpu") == "32-true"
@@ -118,7 +118,7 @@ def test_fast_event_checksums_write_the_same_files_tensorboard_reads(tmp_path: P
     from tensorboard.summary.writer import record_writer
     from torch.utils.tensorboard import SummaryWriter
 
-    from hw2.runtime import fast_event_checksums
+    from hw2.utils.runtime import fast_event_checksums
 
     monkeypatch.setattr(record_writer, "masked_crc32c", record_writer.masked_crc32c)  # restored
     assert fast_event_checksums()

@@ -142,7 +142,7 @@ def test_weighted_mean_keeps_weights_without_nan_checks() -> None:
 
 
 def test_malloc_tuning_is_for_cpu_runs_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    from hw2.runtime import uses_cuda
+    from hw2.utils.runtime import uses_cuda
 
     assert uses_cuda("gpu") and uses_cuda("cuda") and not uses_cuda("cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -14,10 +14,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict, read_write
 
 from hw2.config import compose_config
-from hw2.fileio import atomic_write_json
-from hw2.resume import resolve_checkpoint
-from hw2.run_record import read_record, recorded_run, status_of
-from hw2.sweep import SweepDirConflict, job_overrides, run_job
+from hw2.runs.record import job_overrides, read_record, recorded_run, status_of
+from hw2.runs.resume import resolve_checkpoint
+from hw2.sweeps.job import SweepDirConflict, run_job
+from hw2.utils.fileio import atomic_write_json
 from tests.test_report import TINY_CHARLM, md_rows, sweep
 
 

@@ -12,7 +12,7 @@ import urllib.request
 from importlib import metadata, resources
 from pathlib import Path
 
-from hw2.fileio import (
+from hw2.utils.fileio import (
     DIR_HINT,
     UnwritablePathError,
     atomic_write_text,

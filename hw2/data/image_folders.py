@@ -12,6 +12,8 @@ from typing import Literal
 
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
+from hw2.utils.compat import food101_samples
+
 log = logging.getLogger(__name__)
 
 Sample = tuple[Path, int]
@@ -182,8 +184,7 @@ def food101(root: Path, download: bool = False, val_fraction: float = 0.1, seed:
                           "the folder holding food-101/, or data.download=true (~5 GB)") from e
     splits = Splits(list(train.classes))
     for split, ds in (("train", train), ("test", test)):
-        splits.samples[split] = [(Path(p), int(y)) for p, y in
-                                 zip(ds._image_files, ds._labels, strict=True)]
+        splits.samples[split] = food101_samples(ds)
     splits.samples["train"], val = split_fraction(
         splits.samples["train"], val_fraction, seed, where=str(root / "food-101"))
     if val:

@@ -20,6 +20,8 @@ import torch
 from pytorch_lightning.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, Sampler
 
+from hw2.utils.compat import completed_batches
+
 
 def run_seed() -> int:
     """The run's seed (`seed_everything` sets PL_GLOBAL_SEED), 0 without one."""
@@ -38,8 +40,7 @@ class ResumableTrainData(pl.LightningDataModule):
         trainer = self.trainer
         if trainer is None or trainer.state.fn != TrainerFn.FITTING:
             return {}
-        progress = trainer.fit_loop.epoch_loop.batch_progress.current
-        return {"epoch": int(trainer.current_epoch), "batches": int(progress.completed)}
+        return {"epoch": int(trainer.current_epoch), "batches": completed_batches(trainer)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._resume_at = dict(state_dict) if state_dict else None

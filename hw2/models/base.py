@@ -13,6 +13,8 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric
 
+from hw2.utils.compat import batch_index
+
 log = logging.getLogger(__name__)
 
 
@@ -169,7 +171,7 @@ class TaskModule(pl.LightningModule):
         optimizer.zero_grad(set_to_none=True)  # optimisers leave grad-less weights alone
 
     def _where(self) -> str:
-        batch = self.trainer.fit_loop.epoch_loop.batch_idx if self._trainer else "?"
+        batch = batch_index(self.trainer) if self._trainer else "?"
         return f"step {self.global_step} (epoch {self.current_epoch}, batch {batch})"
 
     def checked_loss(self, loss: torch.Tensor) -> torch.Tensor | None:

@@ -15,12 +15,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from hw2.fileio import atomic_write_text
 from hw2.report import figures
 from hw2.report.groups import Group, compare, group_runs, primary_metric
 from hw2.report.render import Block, Heading, Image, Para, Pre, Table, to_html, to_markdown
 from hw2.report.runs import Run, differing_keys, find_run_dirs, load_runs
-from hw2.run_record import read_record, status_of
+from hw2.runs.record import read_record, status_of
+from hw2.utils.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def best_checkpoint(run: Run) -> Path | None:
 
 def charlm_samples(groups: list[Group], prime: str = "ROMEO", length: int = 300) -> list[Block]:
     """A sample from each group's best checkpoint (seeded: comparable between groups)."""
-    from hw2.generate import generate
+    from hw2.inference import generate
 
     blocks: list[Block] = [Heading(f"Samples primed with {prime!r} (best checkpoint of each "
                                    "group, temperature 0.8, seed 0)", 3)]

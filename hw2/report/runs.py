@@ -12,7 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from hw2.run_record import read_record, status_of
+from hw2.runs.record import read_record, status_of
 
 SKIP_PARTS = {".submitit", "report_figures", "checkpoints", "tensorboard"}
 

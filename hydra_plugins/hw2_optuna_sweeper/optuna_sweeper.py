@@ -44,8 +44,8 @@ from optuna.distributions import (
 )
 from optuna.trial import TrialState
 
-from hw2.fileio import atomic_write_json
-from hw2.run_record import pid_alive
+from hw2.utils.fileio import atomic_write_json
+from hw2.utils.process import pid_alive
 
 log = logging.getLogger(__name__)
 

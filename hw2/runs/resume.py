@@ -12,7 +12,9 @@ import torch
 from omegaconf import DictConfig
 from pytorch_lightning.loggers import CSVLogger
 
-from hw2.checkpoint_io import remove_stale_temps
+from hw2.runs.atomic_io import remove_stale_temps
+from hw2.utils import compat
+from hw2.utils.compat import batches_that_stepped
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +97,8 @@ def logging_step(ckpt_path: str | None) -> int | None:
     except Exception as e:  # noqa: BLE001 - Lightning's own load will report a bad file
         log.warning("could not read the logging step of %s (%s): curves may overlap", ckpt_path, e)
         return None
-    loop = state.get("loops", {}).get("fit_loop", {}).get("epoch_loop.state_dict", {})
-    stepped = loop.get("_batches_that_stepped")
-    return None if stepped is None else int(stepped) + 1
+    stepped = batches_that_stepped(state)
+    return None if stepped is None else stepped + 1
 
 
 def keep_csv_rows(logger: CSVLogger, purge_step: int) -> None:
@@ -109,7 +110,4 @@ def keep_csv_rows(logger: CSVLogger, purge_step: int) -> None:
         with path.open(newline="") as f:
             rows = [r for r in csv.DictReader(f) if r.get("step", "").isdigit()
                     and int(r["step"]) < purge_step]
-    writer = logger.experiment  # removes the old file
-    if rows:
-        writer.metrics_keys = sorted(rows[0].keys())
-        writer.metrics = [{k: v for k, v in r.items() if v != ""} for r in rows] + writer.metrics
+    compat.keep_csv_rows(logger.experiment, rows)  # .experiment removes the old file

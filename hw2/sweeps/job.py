@@ -1,7 +1,7 @@
 """One sweep job that survives: a re-run skips it when it finished, resumes it when it was
 interrupted, and (in a multirun) a failure ends only this job, not the sweep.
 
-The decisions are made from the job's own record (`run.json`, `hw2/run_record.py`), written by
+The decisions are made from the job's own record (`run.json`, `hw2/runs/record.py`), written by
 the previous attempt, never from log text. The record keeps the job's overrides, so a job
 directory that holds a different run is not mistaken for this one.
 """
@@ -16,20 +16,10 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from hw2.run_record import read_record, status_of
+from hw2.runs.record import job_overrides, read_record, status_of
+from hw2.sweeps.gpu_slots import run_in_gpu_slot
 
 log = logging.getLogger(__name__)
-
-
-
-def job_overrides() -> list[str] | None:
-    """The current Hydra job's overrides (command line + sweep values); None outside Hydra."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return list(HydraConfig.get().overrides.task)
-    except (ValueError, AttributeError):
-        return None
 
 
 def in_multirun() -> bool:
@@ -70,14 +60,18 @@ def objective(metrics: Mapping[str, Any], metric: str | None) -> float | None:
 def run_job(cfg: DictConfig, train: Callable[[DictConfig], dict[str, float]]) -> float | None:
     """Run `train(cfg)` as one sweep job and return `cfg.optimized_metric` of its metrics.
 
+    - with `spread_gpus=true` (launcher=local_gpus) the job locks a free GPU of the pool and
+      trains in a child process that sees only it (`hw2.sweeps.gpu_slots`);
     - a job dir holding a different run stops the sweep (SweepDirConflict);
     - a finished earlier attempt with the same overrides is skipped (its recorded metrics count);
     - an interrupted (or failed) one runs again in its directory, where `resume=auto`
-      (`hw2/resume.py`) continues it from `<job dir>/checkpoints/last.ckpt`;
-    - in a multirun an exception is logged and recorded (`run.json`: failed + its last line) and
-      the sweep goes on; the sweep's end reports it and exits non-zero (hw2/hydra_callbacks.py).
-      A single run still raises.
+      (`hw2/runs/resume.py`) continues it from `<job dir>/checkpoints/last.ckpt`;
+    - in a multirun an exception is logged and recorded (`run.json`: failed + its last line)
+      and the sweep goes on; the sweep's end reports it and exits non-zero
+      (`hw2.sweeps.hydra_callbacks.SweepReport`). A single run still raises.
     """
+    if cfg.get("spread_gpus"):  # launcher=local_gpus: train in a child holding a free GPU
+        train = run_in_gpu_slot
     out_dir = Path(cfg.paths.output_dir)
     metric = cfg.get("optimized_metric")
     multirun = in_multirun()

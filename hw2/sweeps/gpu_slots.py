@@ -30,8 +30,9 @@ from typing import IO, Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from hw2.fileio import atomic_write_json
-from hw2.run_record import read_record
+from hw2.runs.record import read_record
+from hw2.utils.compat import set_hydra_config_plain
+from hw2.utils.fileio import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +108,7 @@ def _job_in_slot() -> None:
         from hydra.core.hydra_config import HydraConfig
         from hydra.core.utils import configure_log
 
-        # set_config() wants Hydra's typed node, which does not survive pickling; the plain
-        # resolved copy serves HydraConfig.get() all the same
-        HydraConfig.instance().cfg = OmegaConf.create({"hydra": hydra_cfg})
+        set_hydra_config_plain(hydra_cfg)
         configure_log(HydraConfig.get().job_logging, HydraConfig.get().verbose)
     from hw2.train import run
 
@@ -152,7 +151,7 @@ def run_in_gpu_slot(cfg: DictConfig, callbacks: Sequence = (),
                    str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH"))))}
         started = time.time()
         child = subprocess.Popen(
-            [sys.executable, "-c", "from hw2.gpu_slots import _job_in_slot; _job_in_slot()"],
+            [sys.executable, "-c", "from hw2.sweeps.gpu_slots import _job_in_slot; _job_in_slot()"],
             stdin=subprocess.PIPE, env=env)
         assert child.stdin is not None
         with child.stdin:

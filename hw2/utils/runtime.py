@@ -6,6 +6,8 @@ import ctypes
 import ctypes.util
 import logging
 
+from hw2.utils.compat import cpu_has_native_bf16, set_tensorboard_checksum
+
 log = logging.getLogger(__name__)
 
 # glibc mallopt parameters (malloc.h)
@@ -16,7 +18,7 @@ def tune_malloc() -> bool:
     """Keep large tensors in the heap instead of fresh mmap pages.
 
     glibc serves big activations by mmap and returns them on free, so every step page-faults
-    them in again (37 % of a FoodCNN epoch here). Same as MALLOC_MMAP_MAX_=0,
+    them in again (docs/benchmarks.md measures the cost). Same as MALLOC_MMAP_MAX_=0,
     MALLOC_TRIM_THRESHOLD_ and MALLOC_TOP_PAD_ in the environment; a no-op off glibc.
     """
     name = ctypes.util.find_library("c")
@@ -34,16 +36,13 @@ def tune_malloc() -> bool:
 def fast_event_checksums() -> bool:
     """Checksum TensorBoard's event records in C.
 
-    Without TensorFlow, TensorBoard computes each record's masked CRC32C in pure Python (~12 ms
-    per 100 KB) on its writer thread, holding the GIL while the training steps run: with the
-    FoodCNN's per-epoch figures (~0.8 MB) that thread was busy in 6 % of py-spy's samples of a
-    run (8 of 2,543 after this; the step rate moved within noise: docs/benchmarks.md, framework
-    tax). This swaps in the same checksum from google-crc32c's C code (~4 us per 100 KB): the
-    files are byte-identical. A no-op (False) where either package or the C build is missing.
+    Without TensorFlow, TensorBoard computes each record's masked CRC32C in pure Python on its
+    writer thread, holding the GIL while the training steps run; google-crc32c's C code gives
+    the same checksum (the files are byte-identical) at a small fraction of the cost. A no-op
+    (False) where either package or the C build is missing.
     """
     try:
         import google_crc32c
-        from tensorboard.summary.writer import record_writer
     except ImportError:
         return False
     if google_crc32c.implementation != "c":
@@ -53,7 +52,10 @@ def fast_event_checksums() -> bool:
         x = google_crc32c.value(bytes(data))
         return (((x >> 15) | (x << 17)) + 0xA282EAD8) & 0xFFFFFFFF  # TFRecord's CRC mask
 
-    record_writer.masked_crc32c = masked_crc32c  # looked up per record by RecordWriter.write
+    try:
+        set_tensorboard_checksum(masked_crc32c)
+    except ImportError:
+        return False
     return True
 
 
@@ -68,9 +70,9 @@ def uses_cuda(accelerator: str = "auto") -> bool:
 def fast_precision(accelerator: str = "auto") -> str:
     """The fastest precision that works on the device the run will use.
 
-    bf16 autocast is ~2-3x faster on CPUs with native bf16 (AVX512-BF16/AMX) and on Ampere+
-    GPUs, but on an AVX2-only CPU oneDNN has no bf16 LSTM at all and its bf16 convolutions are
-    4-9x slower than fp32, so there the answer is `32-true`.
+    bf16 autocast is the fast path on CPUs with native bf16 (AVX512-BF16/AMX) and on Ampere+
+    GPUs, but on an AVX2-only CPU oneDNN has no bf16 LSTM and its bf16 convolutions are slower
+    than fp32, so there the answer is `32-true`.
     """
     import torch
 
@@ -78,8 +80,4 @@ def fast_precision(accelerator: str = "auto") -> str:
         if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
             return "bf16-mixed"
         return "16-mixed"
-    try:
-        native_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        native_bf16 = False
-    return "bf16-mixed" if native_bf16 else "32-true"
+    return "bf16-mixed" if cpu_has_native_bf16() else "32-true"

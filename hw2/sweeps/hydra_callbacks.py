@@ -1,8 +1,10 @@
-"""Hydra callback: every multirun ends in its report and a summary of the jobs that failed.
+"""Hydra callbacks, wired in `conf/hydra/default.yaml`.
 
-Wired in `conf/hydra/default.yaml` (`hydra.callbacks.sweep_report`). Jobs survive failures in
-`hw2.sweep.run_job`; here the sweep as a whole exits non-zero when any job did not finish, so
-scripts and CI see it.
+- `CheckRunDir`: Hydra creates the run directory before any of our code runs, so an unwritable
+  `paths.log_dir` would end in a raw mkdir traceback; this checks it first and says what to do.
+- `SweepReport`: every multirun ends in its report and a summary of the jobs that failed. Jobs
+  survive failures in `hw2.sweeps.job.run_job`; here the sweep as a whole exits non-zero when
+  any job did not finish, so scripts and CI see it.
 """
 
 from __future__ import annotations
@@ -12,10 +14,35 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+from hw2.utils.fileio import UnwritablePathError, writable_dir
 
 log = logging.getLogger(__name__)
+
+
+class CheckRunDir(Callback):
+    """Stop with one line naming the directory when the run (or sweep) directory cannot be
+    written: a file in the way, a read-only or full disk."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config, "hydra.sweep.dir")
+
+    @staticmethod
+    def _check(config: DictConfig, key: str) -> None:
+        HydraConfig.instance().set_config(config)  # ${hydra:...} in the path resolves
+        path = OmegaConf.select(config, key)
+        try:
+            writable_dir(path, hint="set paths.log_dir (or hydra.run.dir) to a writable "
+                                    "directory with free space")
+        except UnwritablePathError as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2) from e
 
 
 class SweepReport(Callback):
@@ -27,8 +54,6 @@ class SweepReport(Callback):
         self.exit_nonzero_on_failure = exit_nonzero_on_failure
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from hydra.core.hydra_config import HydraConfig
-
         from hw2.report import build_report, unfinished_jobs
 
         if not HydraConfig.initialized():  # ${hydra:...} in the sweep dir needs it

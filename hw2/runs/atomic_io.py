@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from hw2.run_record import pid_alive
+from hw2.utils.process import pid_alive
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,8 @@ from typing import Any
 
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from hw2.fileio import atomic_write_json
+from hw2.utils.fileio import atomic_write_json
+from hw2.utils.process import pid_alive
 
 RECORD_NAME = "run.json"
 STATUSES = ("running", "finished", "failed", "interrupted")
@@ -42,15 +43,14 @@ def _rank() -> int:
     return 0
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether process `pid` exists on this host (signal 0 probes without signalling)."""
+def job_overrides() -> list[str] | None:
+    """The current Hydra job's overrides (command line + sweep values); None outside Hydra."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task)
+    except (ValueError, AttributeError):
+        return None
 
 
 def status_of(record: Mapping[str, Any] | None) -> str:
