@@ -87,14 +87,14 @@ def main() -> None:
     val_every = args.val_every or int(recipe.trainer.val_check_interval)
     rows = []
     for cell in args.cells.split(","):
-        cps = probe_chars_per_sec(cell, batch, seq_len, recipe.model.dropout,
-                                  recipe.model.weight_drop, recipe.model.locked_dropout)
+        cps = probe_chars_per_sec(cell, batch, seq_len, recipe.model.net.dropout,
+                                  recipe.model.net.weight_drop, recipe.model.net.locked_dropout)
         # cosine schedule sized to the time budget (validation and start-up ~5 %); max_time
         # stops the run if the machine is slower than the probe said
         steps = int(args.minutes * 60 * cps / (batch * seq_len) * 0.95)
         out = out_root / cell
         cfg = compose_config([
-            "experiment=charlm_recipe", f"paths.data_dir={args.data_dir}", f"model.cell={cell}",
+            "experiment=charlm_recipe", f"paths.data_dir={args.data_dir}", f"model.net.cell={cell}",
             f"paths.root_dir={out_root}", f"trainer.max_steps={steps}",
             f"+trainer.max_time={{minutes: {args.minutes}}}",
             f"trainer.val_check_interval={val_every}",

@@ -68,7 +68,7 @@ def overrides(task: str, s: dict, device: str, max_steps: int, out: Path,
         return common + [
             "data=tinyshakespeare", f"paths.data_dir={data_dir()}",
             f"data.batch_size={s['batch']}", f"data.seq_len={s['seq_len']}",
-            f"model.hidden_size={s['hidden']}", f"model.embedding_dim={s['emb']}",
+            f"model.net.hidden_size={s['hidden']}", f"model.net.embedding_dim={s['emb']}",
             "trainer.max_epochs=-1"]
     return common + [
         "task=cnn", f"data.root={data_dir() / 'food10_small'}", f"data.batch_size={s['batch']}",

@@ -11,7 +11,7 @@
 #   4. the default pytest suite;
 #   5. after the check (skip with --no-quality; ~2 more minutes): where a train.py start-up goes
 #      (python -X importtime) and the CharLM's val BPC against seconds since launch for three
-#      candidate GPU recipes at once (bench/launch_to_bpc.py; the issue-9 goal is <= 2.00
+#      candidate GPU recipes at once (bench/launch_to_bpc.py; the goal is <= 2.00
 #      within 60 s).
 # Everything goes to $OUT (or gpu_check_out/); the summary is printed at the end.
 #
@@ -66,7 +66,7 @@ if [[ $CPU == 0 ]]; then
   CHAR=(); CNN=(data.num_workers=8 data.image_size=512 data.batch_size=32)
 else
   DEVICE=cpu; TRAINER=trainer=cpu; SMALL=(--small); STEPS=(--steps 10 --warmup 3)
-  CHAR=(model.hidden_size=64 model.embedding_dim=32 data.batch_size=8 data.seq_len=32)
+  CHAR=(model.net.hidden_size=64 model.net.embedding_dim=32 data.batch_size=8 data.seq_len=32)
   CNN=(data.num_workers=0 data.image_size=64 data.resize=64 data.batch_size=8)
 fi
 
@@ -121,7 +121,7 @@ SWEEP_DEV=()
 [[ $CPU == 1 ]] && SWEEP_DEV=(trainer.accelerator=cpu "gpu_pool=[0,1]")  # two stand-in slots
 stage sweep 110 python train.py -m launcher=local_gpus hydra.launcher.n_jobs=2 \
   "hydra.sweep.dir=$RUNS/sweep" \
-  data=tinyshakespeare "paths.data_dir=$DATA" "paths.root_dir=$RUNS" model.cell=lstm,gru \
+  data=tinyshakespeare "paths.data_dir=$DATA" "paths.root_dir=$RUNS" model.net.cell=lstm,gru \
   +trainer.max_steps=60 trainer.max_epochs=-1 trainer.val_check_interval=30 \
   trainer.check_val_every_n_epoch=null callbacks.progress_bar.refresh_rate=0 test=false \
   "${SWEEP_DEV[@]}" "${CHAR[@]}"

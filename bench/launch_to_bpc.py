@@ -8,7 +8,7 @@ process, and its val BPC points are read back from its TensorBoard events with t
     python bench/launch_to_bpc.py --parallel ...  # all at once (on one GPU: an upper bound on time)
 
 Prints each run's curve, then one table: best val BPC within `--within` seconds of launch, the
-best overall and when it came. The issue-9 goal: <= 2.00 within 60 s on one GPU.
+best overall and when it came. The goal: <= 2.00 within 60 s on one GPU.
 """
 
 from __future__ import annotations

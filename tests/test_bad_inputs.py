@@ -40,8 +40,9 @@ def save_ckpt(model: pl.LightningModule, path: Path) -> Path:
 
 
 def charlm_ckpt(path: Path, text: str = TEXT) -> Path:
-    return save_ckpt(CharLM(vocab=Vocab.from_text(text).state_dict(), hidden_size=8,
-                            embedding_dim=4, num_layers=1), path)
+    net = {"_target_": "hw2.models.charlm.CharRNN", "hidden_size": 8, "embedding_dim": 4,
+           "num_layers": 1}
+    return save_ckpt(CharLM(vocab=Vocab.from_text(text).state_dict(), net=net), path)
 
 
 def cnn_ckpt(path: Path, classes: list[str] = CLASSES, image_size: int = 16) -> Path:
@@ -138,7 +139,7 @@ def test_checkpoint_naming_a_foreign_network_is_refused(tmp_path: Path) -> None:
 def test_weights_of_other_shapes(tmp_path: Path) -> None:
     ckpt = charlm_ckpt(tmp_path / "lm.ckpt")
     state = torch.load(ckpt, weights_only=True)
-    state["hyper_parameters"]["hidden_size"] = 16  # hyperparameters no longer match weights
+    state["hyper_parameters"]["net"]["hidden_size"] = 16  # hyperparameters no longer match weights
     torch.save(state, ckpt)
     with pytest.raises(CheckpointError, match=r"weights do not fit the network .*size mismatch"):
         load_module(ckpt, CharLM)

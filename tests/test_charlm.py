@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -21,17 +22,18 @@ from hw2.runs.checkpoints import load_module
 from hw2.train import run
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["model.hidden_size=32", "model.embedding_dim=16", "model.num_layers=1",
+TINY = ["model.net.hidden_size=32", "model.net.embedding_dim=16", "model.net.num_layers=1",
         "data.batch_size=4", "data.seq_len=16"]
 
 
 def tiny_model(vocab: Vocab, cell: str = "lstm", carry: bool = True) -> CharLM:
-    return CharLM(vocab.state_dict(), carry_hidden=carry, cell=cell, embedding_dim=8,
-                  hidden_size=16, num_layers=1)
+    return CharLM(vocab.state_dict(), partial(CharRNN, cell=cell, embedding_dim=8,
+                                              hidden_size=16, num_layers=1),
+                  carry_hidden=carry)
 
 
 def test_unknown_cell_lists_choices() -> None:
-    with pytest.raises(ValueError, match=r"model.cell='transformer'.*\['gru', 'lstm', 'rnn'\]"):
+    with pytest.raises(ValueError, match=r"model.net.cell='transformer'.*\['gru', 'lstm', 'rnn'\]"):
         CharRNN(10, cell="transformer")
 
 
@@ -51,7 +53,7 @@ def test_carried_state_equals_one_long_sequence(cell: str) -> None:
 def test_tied_weights_share_the_matrix() -> None:
     net = CharRNN(10, embedding_dim=16, hidden_size=16, tie_weights=True)
     assert net.head.weight is net.embedding.weight
-    with pytest.raises(ValueError, match="embedding_dim == model.hidden_size"):
+    with pytest.raises(ValueError, match="embedding_dim == model.net.hidden_size"):
         CharRNN(10, embedding_dim=8, hidden_size=16, tie_weights=True)
 
 
@@ -75,7 +77,7 @@ def test_weight_drop_masks_the_recurrent_weights_in_training_only(cell: str) -> 
     assert 0.3 < dropped.float().mean() < 0.7  # about half the entries got no gradient
     assert net.rnn.weight_ih_l0.grad.ne(0).float().mean() > 0.9  # input weights not dropped
     torch.testing.assert_close(net.eval()(x)[0], plain.eval()(x)[0])
-    with pytest.raises(ValueError, match="model.weight_drop"):
+    with pytest.raises(ValueError, match="model.net.weight_drop"):
         CharRNN(12, weight_drop=1.0)
 
 
@@ -136,7 +138,7 @@ def test_head_over_all_layers_reads_each_layer_with_the_fused_weights(cell: str)
     dropped.load_state_dict(net.state_dict())
     assert not torch.allclose(dropped.train()(x)[0], logits)
     torch.testing.assert_close(dropped.eval()(x)[0], logits)
-    with pytest.raises(ValueError, match="tie_weights and model.head_all_layers"):
+    with pytest.raises(ValueError, match="tie_weights and model.net.head_all_layers"):
         CharRNN(12, cell, 16, 16, 2, tie_weights=True, head_all_layers=True)
 
 
@@ -153,7 +155,7 @@ def test_output_dropout_sets_the_rate_before_the_head_alone() -> None:
     assert not torch.allclose(dropped.train()(x)[0], dropped.eval()(x)[0])
     two = CharRNN(12, "lstm", 8, 16, 2, dropout=0.5, output_dropout=0.0)
     assert two.rnn.dropout == 0.5  # still between the layers
-    with pytest.raises(ValueError, match=r"model.output_dropout must be in \[0, 1\), got 1.0"):
+    with pytest.raises(ValueError, match=r"model.net.output_dropout must be in \[0, 1\), got 1.0"):
         CharRNN(12, output_dropout=1.0)
 
 
@@ -183,7 +185,7 @@ def test_input_dropout_drops_embedded_characters_in_training_only() -> None:
     assert not torch.allclose(out, plain.train()(x)[0])
     torch.testing.assert_close(net.eval()(x)[0], plain.eval()(x)[0])
     for key in ("dropout", "input_dropout"):
-        with pytest.raises(ValueError, match=f"model.{key} must be in"):
+        with pytest.raises(ValueError, match=f"model.net.{key} must be in"):
             CharRNN(12, **{key: 1.0})
 
 
@@ -383,7 +385,7 @@ def test_dropout_ramp_moves_the_rate_with_the_step(tmp_path: Path) -> None:
     text = tmp_path / "text.txt"
     text.write_text("To be, or not to be, that is the question:\n" * 60)
     cfg = compose_train(
-        [*TINY, "model.num_layers=2", "model.dropout=0.25", "data=text_file",
+        [*TINY, "model.net.num_layers=2", "model.net.dropout=0.25", "data=text_file",
          f"data.corpus.path={text}", f"paths.root_dir={tmp_path}", "+trainer.max_steps=10",
          "trainer.max_epochs=-1", "trainer.log_every_n_steps=1", "trainer.precision=32",
          "callbacks.progress_bar.refresh_rate=0", "callbacks.text_sample.length=10",

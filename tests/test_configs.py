@@ -77,7 +77,7 @@ def test_default_is_charlm_on_embedded_plays(tmp_path: Path) -> None:
     cfg = compose_train([], tmp_path)
     assert cfg.task_name == "charlm"
     assert cfg.data.corpus._target_.endswith("IambicPlays")
-    assert cfg.model.cell == "lstm" and cfg.trainer.precision == "auto"
+    assert cfg.model.net.cell == "lstm" and cfg.trainer.precision == "auto"
     assert cfg.callbacks.model_checkpoint.monitor == "val/bpc"
 
 
@@ -85,8 +85,8 @@ def test_default_is_charlm_on_embedded_plays(tmp_path: Path) -> None:
 def test_cell_override_reaches_the_network(cell: str, tmp_path: Path, small_text: Path) -> None:
     from hydra.utils import instantiate
 
-    cfg = compose_train([f"model.cell={cell}", "data=text_file",
-                         f"data.corpus.path={small_text}", "model.hidden_size=8",
+    cfg = compose_train([f"model.net.cell={cell}", "data=text_file",
+                         f"data.corpus.path={small_text}", "model.net.hidden_size=8",
                          "data.batch_size=2", "data.seq_len=8"], tmp_path)
     dm = instantiate(cfg.data)
     dm.setup("fit")
@@ -103,12 +103,12 @@ def test_help_lists_groups() -> None:
 
 
 def test_bad_cell_name_is_a_short_error(tmp_path: Path, small_text: Path) -> None:
-    out = subprocess.run([sys.executable, "train.py", "model.cell=transformer",
+    out = subprocess.run([sys.executable, "train.py", "model.net.cell=transformer",
                           f"paths.root_dir={tmp_path}", "data=text_file",
                           f"data.corpus.path={small_text}", "data.batch_size=2"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
-    assert "model.cell='transformer' is not a cell; choose one of ['gru', 'lstm', 'rnn']" in (
+    assert "model.net.cell='transformer' is not a cell; choose one of ['gru', 'lstm', 'rnn']" in (
         out.stderr + out.stdout)
 
 
@@ -118,7 +118,8 @@ def test_debug_presets_run(preset: str, tmp_path: Path, small_text: Path) -> Non
 
     cfg = compose_train([f"debug={preset}", "data=text_file", f"data.corpus.path={small_text}",
                          "data.corpus.test_fraction=0.1",
-                         "model.hidden_size=16", "model.embedding_dim=8", "data.batch_size=2",
+                         "model.net.hidden_size=16", "model.net.embedding_dim=8",
+                         "data.batch_size=2",
                          "data.seq_len=16", f"paths.root_dir={tmp_path}",
                          "callbacks.progress_bar.refresh_rate=0"], tmp_path / "run")
     metrics = run(cfg)

@@ -24,8 +24,8 @@ from hw2.runs.record import read_record, status_of
 from tests.slurm_cluster import SlurmCluster, slurm_cluster  # noqa: F401 - the fixture
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["model.hidden_size=32", "model.embedding_dim=16", "model.num_layers=1",
-        "model.dropout=0", "data.seq_len=16", "data.batch_size=4",
+TINY = ["model.net.hidden_size=32", "model.net.embedding_dim=16", "model.net.num_layers=1",
+        "model.net.dropout=0", "data.seq_len=16", "data.batch_size=4",
         "callbacks.progress_bar.refresh_rate=0", "callbacks.text_sample.length=20",
         "~callbacks.param_histograms", "logger=csv", "trainer.enable_model_summary=false",
         "trainer.accelerator=cpu", "tune_malloc=false", "model.scheduler.warmup_steps=5",

@@ -24,7 +24,8 @@ from hw2.runs.record import read_record, status_of
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-CHAR = ["data=text_file", "model.hidden_size=32", "model.embedding_dim=16", "model.num_layers=1",
+CHAR = ["data=text_file", "model.net.hidden_size=32", "model.net.embedding_dim=16",
+        "model.net.num_layers=1",
         "data.batch_size=4", "data.seq_len=16", "trainer.max_epochs=2",
         "trainer.val_check_interval=0.25", "callbacks.text_sample.length=20"]
 CNN = ["task=cnn", "data.image_size=32", "data.batch_size=4", "trainer.accelerator=cpu",

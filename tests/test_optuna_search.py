@@ -19,16 +19,17 @@ from tests.test_report import TINY_CHARLM, sweep
 
 def test_search_space_uses_the_optuna_sweeper_syntax() -> None:
     space, fixed = search_space(
-        {"model.optimizer.lr": "tag(log, interval(1e-4, 1e-2))", "model.cell": "rnn,lstm",
-         "model.hidden_size": "choice(8, 16)", "data.seq_len": "range(16, 65, 16)",
-         "model.num_layers": "tag(int, interval(1, 3))", "model.dropout": "interval(0, 0.5)"},
-        ["model.hidden_size=choice(32,64)", "seed=7"])
+        {"model.optimizer.lr": "tag(log, interval(1e-4, 1e-2))", "model.net.cell": "rnn,lstm",
+         "model.net.hidden_size": "choice(8, 16)", "data.seq_len": "range(16, 65, 16)",
+         "model.net.num_layers": "tag(int, interval(1, 3))",
+         "model.net.dropout": "interval(0, 0.5)"},
+        ["model.net.hidden_size=choice(32,64)", "seed=7"])
     assert space["model.optimizer.lr"] == FloatDistribution(1e-4, 1e-2, log=True)
-    assert space["model.cell"] == CategoricalDistribution(["rnn", "lstm"])
-    assert space["model.hidden_size"] == CategoricalDistribution([32, 64])  # command line wins
+    assert space["model.net.cell"] == CategoricalDistribution(["rnn", "lstm"])
+    assert space["model.net.hidden_size"] == CategoricalDistribution([32, 64])  # command line wins
     assert space["data.seq_len"] == IntDistribution(16, 64, step=16)
-    assert space["model.num_layers"] == IntDistribution(1, 3)
-    assert space["model.dropout"] == FloatDistribution(0.0, 0.5)
+    assert space["model.net.num_layers"] == IntDistribution(1, 3)
+    assert space["model.net.dropout"] == FloatDistribution(0.0, 0.5)
     assert fixed == ["seed=7"]
 
 
@@ -52,7 +53,7 @@ def test_stopped_search_continues_the_same_study(tmp_path: Path, small_text: Pat
     sweep_dir = tmp_path / "search"
     args = ["hparams_search=charlm_optuna", *TINY_CHARLM, f"data.corpus.path={small_text}",
             f"paths.root_dir={tmp_path}", f"hydra.sweep.dir={sweep_dir}",
-            "model.hidden_size=choice(8,12)", "data.seq_len=choice(8,16)"]
+            "model.net.hidden_size=choice(8,12)", "data.seq_len=choice(8,16)"]
     first = sweep([*args, "hydra.sweeper.n_trials=2"])
     assert first.returncode == 0, first.stderr[-3000:]
     storage = f"sqlite:///{sweep_dir / 'optuna.db'}"

@@ -1,4 +1,4 @@
-"""The workplace's real data ($HW2_DATA_DIR, default ../shared/data), skipped where absent."""
+"""Tests on the real data ($HW2_DATA_DIR, default ../shared/data), skipped where absent."""
 
 from __future__ import annotations
 

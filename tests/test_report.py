@@ -21,8 +21,8 @@ from tests.test_cnn_train import make_photos
 
 def fake_run(tmp_path: Path, name: str, cell: str, seed: int, test_bpc: float) -> Run:
     """A finished CharLM run whose only numbers are its test BPC (the statistics' input)."""
-    cfg = OmegaConf.create({"seed": seed, "model": {"cell": cell}})
-    run = Run(tmp_path / name, "charlm", cfg, {}, [f"model.cell={cell}", f"seed={seed}"],
+    cfg = OmegaConf.create({"seed": seed, "model": {"net": {"cell": cell}}})
+    run = Run(tmp_path / name, "charlm", cfg, {}, [f"model.net.cell={cell}", f"seed={seed}"],
               {"status": "finished"}, "finished", "val/bpc", "min")
     run.scalars = {"val/bpc": [(10, 0.0, test_bpc + 0.1)], "test/bpc": [(11, 0.0, test_bpc)]}
     return run
@@ -33,8 +33,8 @@ def test_seed_mean_std_and_spread_flag_by_hand(tmp_path: Path) -> None:
             fake_run(tmp_path, "2", "lstm", 3, 3.5), fake_run(tmp_path, "3", "rnn", 1, 2.9),
             fake_run(tmp_path, "4", "rnn", 2, 3.1), fake_run(tmp_path, "5", "gru", 1, 5.0),
             fake_run(tmp_path, "6", "gru", 2, 5.2)]
-    groups = group_runs(runs, ["model.cell"])
-    assert [g.label for g in groups] == ["model.cell=lstm", "model.cell=rnn", "model.cell=gru"]
+    groups = group_runs(runs, ["model.net.cell"])
+    assert [g.label for g in groups] == [f"model.net.cell={c}" for c in ("lstm", "rnn", "gru")]
     lstm = groups[0].stat("test")
     # by hand: mean (2 + 2.5 + 3.5) / 3 = 2.6667; deviations -2/3, -1/6, 5/6;
     # sample variance (4/9 + 1/36 + 25/36) / 2 = 7/12
@@ -104,9 +104,10 @@ def check_report(sweep_dir: Path, jobs: int, metric: str, mode: str) -> None:
     assert (sweep_dir / "report_figures").is_dir()
 
 
-TINY_CHARLM = ["data=text_file", "data.corpus.test_fraction=0.1", "model.hidden_size=8",
-               "model.embedding_dim=4",
-               "model.num_layers=1", "data.batch_size=4", "data.seq_len=8", "trainer.max_epochs=1",
+TINY_CHARLM = ["data=text_file", "data.corpus.test_fraction=0.1", "model.net.hidden_size=8",
+               "model.net.embedding_dim=4",
+               "model.net.num_layers=1", "data.batch_size=4", "data.seq_len=8",
+               "trainer.max_epochs=1",
                "+trainer.limit_train_batches=6", "+trainer.limit_val_batches=3",
                "trainer.val_check_interval=3", "trainer.log_every_n_steps=1",
                "trainer.num_sanity_val_steps=0", "callbacks.progress_bar.refresh_rate=0",
@@ -117,12 +118,12 @@ TINY_CHARLM = ["data=text_file", "data.corpus.test_fraction=0.1", "model.hidden_
 def test_report_of_a_real_charlm_sweep(tmp_path: Path, small_text: Path) -> None:
     sweep_dir = tmp_path / "sweep"
     out = sweep([*TINY_CHARLM, f"data.corpus.path={small_text}", f"paths.root_dir={tmp_path}",
-                 "model.cell=rnn,gru", "seed=1,2", f"hydra.sweep.dir={sweep_dir}"])
+                 "model.net.cell=rnn,gru", "seed=1,2", f"hydra.sweep.dir={sweep_dir}"])
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"report: {sweep_dir / 'report.html'}" in out.stdout  # the callback said where
     check_report(sweep_dir, 4, "bpc", "min")
     md = (sweep_dir / "report.md").read_text()
-    assert "| model.cell=rnn | 2/2 |" in md and "| model.cell=gru | 2/2 |" in md
+    assert "| model.net.cell=rnn | 2/2 |" in md and "| model.net.cell=gru | 2/2 |" in md
     assert "Samples primed with 'ROMEO'" in md and md.count("ROMEO") >= 3
     assert (sweep_dir / "report_figures" / "charlm_curves.png").is_file()
     assert (sweep_dir / "report_figures" / "charlm_weight_histograms.png").is_file()

@@ -36,7 +36,8 @@ def test_charlm_logs_train_values_only_on_logger_steps(tmp_path: Path, compose_c
 
     monkeypatch.setattr(pl.LightningModule, "log", counting_log)
     cfg = compose_cfg(["data=text_file", f"data.corpus.path={small_text}",
-                       "model.hidden_size=16", "model.embedding_dim=8", "model.num_layers=1",
+                       "model.net.hidden_size=16", "model.net.embedding_dim=8",
+                       "model.net.num_layers=1",
                        "data.batch_size=2", "data.seq_len=16", "+trainer.max_steps=12",
                        "trainer.log_every_n_steps=4", "trainer.val_check_interval=1.0",
                        "trainer.num_sanity_val_steps=0", "test=false"])

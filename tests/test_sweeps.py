@@ -32,16 +32,17 @@ def test_failed_job_does_not_stop_the_sweep_and_rerun_skips_and_resumes(
         tmp_path: Path, small_text: Path) -> None:
     sweep_dir = tmp_path / "sweep"
     args = [*TINY_CHARLM, f"data.corpus.path={small_text}", f"paths.root_dir={tmp_path}",
-            "model.cell=rnn,transformer,gru", f"hydra.sweep.dir={sweep_dir}"]
+            "model.net.cell=rnn,transformer,gru", f"hydra.sweep.dir={sweep_dir}"]
     first = sweep(args)
     assert first.returncode == 1, first.stderr[-3000:]  # some job failed
     records = {i: read_record(sweep_dir / str(i)) for i in range(3)}
     assert [status_of(records[i]) for i in range(3)] == ["finished", "failed", "finished"]
-    assert "model.cell='transformer' is not a cell" in records[1]["error"]
+    assert "model.net.cell='transformer' is not a cell" in records[1]["error"]
     assert "1 job(s) did not finish:" in first.stdout
-    assert f"{sweep_dir / '1'}: failed: ValueError: model.cell='transformer'" in first.stdout
+    assert f"{sweep_dir / '1'}: failed: ValueError: model.net.cell='transformer'" in first.stdout
     rows = md_rows(sweep_dir / "report.md")
-    assert rows["1"][-1].startswith("failed: ValueError: model.cell='transformer' is not a cell")
+    assert rows["1"][-1].startswith(
+        "failed: ValueError: model.net.cell='transformer' is not a cell")
     assert rows["0"][-1] == rows["2"][-1] == "finished"
 
     # job 2 killed mid-run: its record still says running, with a process that is gone
@@ -66,9 +67,9 @@ def test_sweep_into_a_dir_of_another_sweep_stops(tmp_path: Path, small_text: Pat
     sweep_dir = tmp_path / "sweep"
     base = [*TINY_CHARLM, f"data.corpus.path={small_text}", f"paths.root_dir={tmp_path}",
             f"hydra.sweep.dir={sweep_dir}"]
-    assert sweep([*base, "model.cell=rnn"]).returncode == 0
+    assert sweep([*base, "model.net.cell=rnn"]).returncode == 0
     before = (sweep_dir / "0" / "run.json").read_text()
-    out = sweep([*base, "model.cell=gru"])
+    out = sweep([*base, "model.net.cell=gru"])
     assert out.returncode != 0
     assert "holds a run with other overrides" in out.stderr + out.stdout
     assert (sweep_dir / "0" / "run.json").read_text() == before  # the old run is untouched
@@ -111,7 +112,7 @@ def test_run_job_decides_from_the_record(tmp_path: Path) -> None:
             record.update(metrics={"best/val/bpc": 1.25})
             return {"best/val/bpc": 1.25}
 
-    overrides = ["model.cell=gru", "+optimized_metric=best/val/bpc"]
+    overrides = ["model.net.cell=gru", "+optimized_metric=best/val/bpc"]
     job = tmp_path / "job"
     assert run_job(multirun_cfg(tmp_path, overrides), lambda c: train(c, fail=True)) is None
     assert read_record(job)["status"] == "failed"  # the sweep went on: nothing raised
@@ -128,4 +129,4 @@ def test_run_job_decides_from_the_record(tmp_path: Path) -> None:
     assert calls[-1] == str(job / "checkpoints" / "last.ckpt")
 
     with pytest.raises(SweepDirConflict, match="holds a run with other overrides"):
-        run_job(multirun_cfg(tmp_path, ["model.cell=rnn"]), train)
+        run_job(multirun_cfg(tmp_path, ["model.net.cell=rnn"]), train)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hw2.data.vocab import Vocab
-from hw2.models.base import TaskModule, WeightedMean
+from hw2.models.base import NetSpec, TaskModule, WeightedMean, build_net, net_config
 
 CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 LN2 = math.log(2)
@@ -95,16 +95,17 @@ class CharRNN(nn.Module):
                           ("weight_drop", weight_drop),
                           ("output_dropout", 0.0 if output_dropout is None else output_dropout)):
             if not 0 <= rate < 1:
-                raise ValueError(f"model.{key} must be in [0, 1), got {rate}")
+                raise ValueError(f"model.net.{key} must be in [0, 1), got {rate}")
         if cell not in CELLS:
-            raise ValueError(f"model.cell={cell!r} is not a cell; choose one of {sorted(CELLS)}")
+            raise ValueError(f"model.net.cell={cell!r} is not a cell; choose one of "
+                             f"{sorted(CELLS)}")
         if tie_weights and embedding_dim != hidden_size:
-            raise ValueError(f"model.tie_weights needs model.embedding_dim == model.hidden_size "
-                             f"(got {embedding_dim} and {hidden_size})")
+            raise ValueError("model.net.tie_weights needs model.net.embedding_dim == "
+                             f"model.net.hidden_size (got {embedding_dim} and {hidden_size})")
         if tie_weights and head_all_layers and num_layers > 1:
-            raise ValueError("model.tie_weights and model.head_all_layers exclude each other: the "
-                             "head reads num_layers * hidden_size features, the embedding has "
-                             "embedding_dim")
+            raise ValueError("model.net.tie_weights and model.net.head_all_layers exclude each "
+                             "other: the head reads num_layers * hidden_size features, the "
+                             "embedding has embedding_dim")
         extra = {"nonlinearity": "tanh"} if cell == "rnn" else {}
         self.head_all_layers = head_all_layers and num_layers > 1
         split = locked_dropout or self.head_all_layers  # layers run one at a time (_recur)
@@ -180,23 +181,16 @@ class CharRNN(nn.Module):
 
 
 class CharLM(TaskModule):
-    """Trains `CharRNN` with cross-entropy; reports loss in nats and bits per character."""
+    """Trains a character network (`model.net`, by default `CharRNN`) with cross-entropy;
+    reports loss in nats and bits per character. The network is given as the classifier's is:
+    a Hydra partial (or its config) completed with the vocabulary size; the checkpoint keeps
+    its config and the vocabulary, so `generate.py` needs nothing else."""
 
     def __init__(
         self,
         vocab: dict,
+        net: NetSpec,
         carry_hidden: bool = True,
-        cell: str = "lstm",
-        embedding_dim: int = 128,
-        hidden_size: int = 512,
-        num_layers: int = 2,
-        dropout: float = 0.0,
-        tie_weights: bool = False,
-        weight_drop: float = 0.0,
-        input_dropout: float = 0.0,
-        locked_dropout: bool = False,
-        output_dropout: float | None = None,
-        head_all_layers: bool = False,
         l2: float = 0.0,
         skip_nonfinite: bool = False,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
@@ -204,12 +198,11 @@ class CharLM(TaskModule):
     ) -> None:
         super().__init__(optimizer=optimizer, scheduler=scheduler, l2=l2,
                          skip_nonfinite=skip_nonfinite)
+        net = net_config(net)  # plain data in the checkpoint (save_hyperparameters reads it)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
         self.vocab = Vocab.from_state_dict(vocab)
         self.carry_hidden = carry_hidden
-        self.net = CharRNN(len(self.vocab), cell, embedding_dim, hidden_size, num_layers,
-                           dropout, tie_weights, weight_drop, input_dropout, locked_dropout,
-                           output_dropout, head_all_layers)
+        self.net = build_net(net, vocab_size=len(self.vocab))
         self.state: dict[str, Hidden | None] = {}
         # mean NLL in nats and in bits, weighted by characters, so BPC is exact over a split;
         # logged as metric objects (Lightning computes and resets them at epoch end). The
