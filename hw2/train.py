@@ -10,12 +10,18 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from hw2.runs.checkpoints import check_resume_data, load_for_data, resume_hparams
+from hw2.runs.checkpoints import (
+    check_resume_data,
+    check_task,
+    load_for_data,
+    read_checkpoint,
+    resume_hparams,
+)
 from hw2.runs.record import job_overrides, recorded_run
 from hw2.runs.resume import keep_csv_rows, logging_step, resolve_checkpoint
 from hw2.utils.runtime import fast_event_checksums, fast_precision, tune_malloc, uses_cuda
@@ -113,6 +119,7 @@ def _run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback]) -> dict[str, f
 
     log.info("config:\n%s", describe(cfg))
     datamodule: pl.LightningDataModule = instantiate(cfg.data)
+    pretrained = start_from(cfg, datamodule) if cfg.get("train") else None
     if cfg.get("train"):
         # a resumed fit: the checkpoint is of this task (before the data loads) and of this data
         resumed = resume_hparams(ckpt_path, cfg.model._target_) if ckpt_path not in (
@@ -125,6 +132,11 @@ def _run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback]) -> dict[str, f
         model: pl.LightningModule = instantiate(
             cfg.model, **datamodule.model_kwargs(), _convert_="all"
         )
+        if pretrained is not None and ckpt_path is None:  # a resume restores its own weights
+            new = model.load_pretrained(pretrained["state_dict"],  # type: ignore[operator]
+                                        pretrained["hyper_parameters"]["vocab"])
+            log.info("init_from=%s: weights loaded%s", cfg.init_from,
+                     f"; new rows for {''.join(new)!r}" if new else "")
     elif ckpt_path is None:
         raise ValueError("train=false needs ckpt_path=<checkpoint> to test")
     else:  # test-only: the checkpoint's own network, checked against the data
@@ -168,6 +180,25 @@ def _run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback]) -> dict[str, f
         logger.save()
     report(cfg, trainer, metrics)
     return metrics
+
+
+def start_from(cfg: DictConfig, datamodule: pl.LightningDataModule) -> dict[str, Any] | None:
+    """`init_from=<ckpt>` (fine-tuning): the checkpoint, after fixing what the model is built
+    from: the checkpoint's vocabulary (extended by the data) and its network architecture."""
+    path = cfg.get("init_from")
+    if not path:
+        return None
+    cls = get_class(cfg.model._target_)
+    if not hasattr(cls, "load_pretrained"):
+        raise ValueError(f"init_from={path}: fine-tuning from a checkpoint is offered for "
+                         "task=charlm only")
+    state = read_checkpoint(path)
+    hparams = state.get("hyper_parameters", {})
+    check_task(path, hparams, cls)
+    datamodule.start_vocab_from(hparams["vocab"])  # type: ignore[attr-defined]
+    with open_dict(cfg):
+        cfg.model.net = cls.pretrained_net(cfg.model.net, hparams)
+    return state
 
 
 def make_loggers(cfg: DictConfig, purge_step: int | None = None) -> list[Any]:

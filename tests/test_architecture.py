@@ -29,6 +29,7 @@ LAYERS = {  # module-name prefix -> rank (higher may import lower)
     "hw2.report": 5,
     "hw2.sweeps": 6,
     "hw2.predict": 7,
+    "hw2.evaluate": 7,
     "hw2.report.__main__": 7,
 }
 
