@@ -19,6 +19,7 @@ from torchmetrics.classification import (
     MulticlassConfusionMatrix,
 )
 
+from hw2.data.image_data import MEAN, STD  # the data's normalisation, saved for inference
 from hw2.models.base import TaskModule, WeightedMean
 
 log = logging.getLogger(__name__)
@@ -27,8 +28,6 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 NetSpec = Mapping[str, Any] | Callable[..., nn.Module]
 # networks a checkpoint may name: rebuilding one calls its `_target_`, so never anything else
 NET_MODULES = ("hw2.models.",)
-# the report's Normalize(0.5, 0.5, 0.5)
-MEAN = STD = (0.5, 0.5, 0.5)
 
 
 def net_config(net: NetSpec) -> dict[str, Any]:
