@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
+import shlex
 import subprocess
 import sys
 from functools import partial
@@ -260,7 +263,10 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
          "logger=many"],
         tmp / "run",
     )
-    metrics = run(cfg)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        metrics = run(cfg)
+    (tmp / "stdout.txt").write_text(printed.getvalue(), encoding="utf-8")
     return tmp / "run", metrics
 
 
@@ -321,14 +327,33 @@ def test_generate_from_checkpoint(trained_run: tuple[Path, dict]) -> None:
     assert model.vocab.chars == sorted(set(model.vocab.chars)) and "R" in model.vocab.index
 
 
+def test_run_ends_with_a_sample_and_the_command_for_more(trained_run: tuple[Path, dict]
+                                                         ) -> None:
+    """sample_at_end: the run's last lines are a sample of the best checkpoint primed with
+    ROMEO and a generate.py command that reproduces it and goes on (same seed)."""
+    out, metrics = trained_run
+    printed = (out.parent / "stdout.txt").read_text(encoding="utf-8")
+    head, _, sample_and_command = printed.partition("sample of the best checkpoint (prime 'ROMEO'")
+    assert "final metrics:" in head and sample_and_command, printed[-2000:]
+    sample = sample_and_command.split("\n", 1)[1].rsplit("\n\nmore: ", 1)[0]
+    assert sample.startswith("ROMEO") and len(sample) == len("ROMEO") + 250
+    command = printed.rstrip("\n").rsplit("\n", 1)[1]
+    assert command.startswith("more: python generate.py ckpt=")
+    args = shlex.split(command.removeprefix("more: "))
+    ckpt = Path(args[2].removeprefix("ckpt="))
+    best = [p for p in (out / "checkpoints").iterdir() if p.name != "last.ckpt"]
+    assert [ckpt] == best  # the best checkpoint, the one tested
+    assert args[3:] == ["prime=ROMEO", "length=500", "temperature=0.8", "seed=0"]
+    more = subprocess.run([sys.executable, *args[1:]], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert more.returncode == 0, more.stderr
+    assert more.stdout.startswith(sample)
+    assert len(more.stdout) == len("ROMEO") + 500 + 1  # and print's line break
+
+
 def test_generate_cli_and_its_errors(trained_run: tuple[Path, dict], tmp_path: Path) -> None:
     out, _ = trained_run
     ckpt = out / "checkpoints" / "last.ckpt"
-    ok = subprocess.run([sys.executable, "generate.py", f"ckpt={ckpt}", "prime=ROMEO",
-                         "length=30", "seed=0", "temperature=0"],
-                        cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert ok.returncode == 0, ok.stderr
-    assert ok.stdout.strip().startswith("ROMEO") and len(ok.stdout.rstrip("\n")) >= 35
     bad = subprocess.run([sys.executable, "generate.py", f"ckpt={ckpt}", "prime=ZQX",
                           "length=5"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "not in the vocabulary" in bad.stderr and "'Z'" in bad.stderr

@@ -162,11 +162,13 @@ def test_cnn_learns_a_separable_task(tmp_path: Path, caplog: pytest.LogCaptureFi
                          "model.optimizer.lr=1e-2", "model.net.channels=[8,8,8]",
                          "callbacks=none", "logger=csv", "+trainer.enable_progress_bar=false",
                          f"paths.root_dir={tmp_path}"], tmp_path / "run")
-    with caplog.at_level(logging.WARNING, logger="hw2.train"):
+    with caplog.at_level(logging.INFO, logger="hw2.train"):
         metrics = run(cfg)
     assert metrics["test/acc"] >= 0.9, metrics
     assert not (tmp_path / "run" / "checkpoints").exists()  # callbacks=none: no checkpoints
     assert "testing the last weights" in caplog.text  # test-after-fit says what it tests
+    # callbacks=none is asked for: said at info level, not as a warning
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
 
 
 def test_no_validation_keeps_last_checkpoint_and_tests_last_weights(
@@ -186,6 +188,9 @@ def test_no_validation_keeps_last_checkpoint_and_tests_last_weights(
     assert caplog.text.count("no validation data: no best checkpoint by val/acc") == 1
     assert "testing the last weights" in caplog.text
     assert not [w for w in recwarn if "could not find the monitored key" in str(w.message)]
+    # no validation is asked for (val_fraction=0, as experiment=cnn_recipe): nothing warns
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING
+                and r.name.startswith("hw2")], caplog.text
 
 
 def test_train_py_takes_the_plain_loops_steps(tmp_path: Path, compose_cfg: Callable) -> None:
