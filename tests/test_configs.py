@@ -81,7 +81,7 @@ def test_default_is_charlm_on_embedded_plays(tmp_path: Path) -> None:
     assert cfg.callbacks.model_checkpoint.monitor == "val/bpc"
     # `python train.py` is the short first run, ending with a sample
     assert cfg.hydra.runtime.choices.experiment == "charlm_first_run"
-    assert (cfg.model.num_layers, cfg.model.hidden_size) == (2, 256)
+    assert (cfg.model.net.num_layers, cfg.model.net.hidden_size) == (2, 256)
     assert cfg.trainer.limit_train_batches == 0.5 and cfg.sample_at_end.prime == "ROMEO"
 
 
@@ -89,13 +89,14 @@ def test_full_size_plays_preset_is_the_earlier_default(tmp_path: Path) -> None:
     """experiment=charlm_plays: 2x512, 64 x 128, one whole epoch, four validations on all of
     the validation text; the first run's limits are gone, task=cnn has no first run."""
     cfg = compose_train(["experiment=charlm_plays"], tmp_path)
-    assert (cfg.model.num_layers, cfg.model.hidden_size, cfg.model.embedding_dim) == (2, 512, 128)
+    net = cfg.model.net
+    assert (net.num_layers, net.hidden_size, net.embedding_dim) == (2, 512, 128)
     assert (cfg.data.batch_size, cfg.data.seq_len) == (64, 128)
     assert cfg.trainer.max_epochs == 1 and cfg.trainer.val_check_interval == 0.25
     assert "limit_train_batches" not in cfg.trainer and "limit_val_batches" not in cfg.trainer
     assert cfg.data.corpus._target_.endswith("IambicPlays")
     recipe = compose_train(["experiment=charlm_recipe"], tmp_path)  # presets keep their sizes
-    assert recipe.model.hidden_size == 512 and "limit_train_batches" not in recipe.trainer
+    assert recipe.model.net.hidden_size == 512 and "limit_train_batches" not in recipe.trainer
     cnn = compose_train(["task=cnn"], tmp_path)
     assert cnn.trainer.max_epochs == 10 and "limit_train_batches" not in cnn.trainer
 
