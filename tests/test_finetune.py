@@ -19,7 +19,7 @@ from hw2.runs.checkpoints import load_module
 from hw2.train import run
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["data=text_file", "model.net.hidden_size=24", "model.net.embedding_dim=8",
+TINY = ["~experiment", "data=text_file", "model.net.hidden_size=24", "model.net.embedding_dim=8",
         "model.net.num_layers=1", "data.batch_size=4", "data.seq_len=16",
         "trainer.precision=32-true", "trainer.val_check_interval=1.0", "test=false"]
 
