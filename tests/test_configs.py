@@ -11,7 +11,8 @@ import torch
 from hydra.utils import get_class, get_method
 from omegaconf import DictConfig, OmegaConf
 
-from tests.conftest import CONF, ROOT, compose_train
+from hw2.config import compose_config
+from tests.helpers.paths import CONF, ROOT
 
 
 def options(group: str) -> list[str]:
@@ -48,8 +49,8 @@ def test_every_option_composes(group: str, option: str, tmp_path: Path) -> None:
     if group in ("data", "model") and (option.startswith("food") or option in (
             "image_folder", "resnet18")):
         overrides.insert(0, "task=cnn")
-    cfg = compose_train(overrides, tmp_path)
-    base = compose_train([o for o in overrides if not o.startswith(f"{group}=")], tmp_path)
+    cfg = compose_config(overrides, tmp_path)
+    base = compose_config([o for o in overrides if not o.startswith(f"{group}=")], tmp_path)
     if base.hydra.runtime.choices.get(group) != option:
         # a non-default option must change the config (an empty or ignored file would not)
         assert _plain(cfg) != _plain(base), f"{group}={option} changes nothing"
@@ -74,7 +75,7 @@ def _plain(cfg: DictConfig) -> dict:
 
 
 def test_default_is_charlm_on_embedded_plays(tmp_path: Path) -> None:
-    cfg = compose_train([], tmp_path)
+    cfg = compose_config([], tmp_path)
     assert cfg.task_name == "charlm"
     assert cfg.data.corpus._target_.endswith("IambicPlays")
     assert cfg.model.net.cell == "lstm" and cfg.trainer.precision == "auto"
@@ -85,9 +86,9 @@ def test_default_is_charlm_on_embedded_plays(tmp_path: Path) -> None:
 def test_cell_override_reaches_the_network(cell: str, tmp_path: Path, small_text: Path) -> None:
     from hydra.utils import instantiate
 
-    cfg = compose_train([f"model.net.cell={cell}", "data=text_file",
-                         f"data.corpus.path={small_text}", "model.net.hidden_size=8",
-                         "data.batch_size=2", "data.seq_len=8"], tmp_path)
+    cfg = compose_config([f"model.net.cell={cell}", "data=text_file",
+                          f"data.corpus.path={small_text}", "model.net.hidden_size=8",
+                          "data.batch_size=2", "data.seq_len=8"], tmp_path)
     dm = instantiate(cfg.data)
     dm.setup("fit")
     model = instantiate(cfg.model, **dm.model_kwargs(), _convert_="all")
@@ -116,12 +117,12 @@ def test_bad_cell_name_is_a_short_error(tmp_path: Path, small_text: Path) -> Non
 def test_debug_presets_run(preset: str, tmp_path: Path, small_text: Path) -> None:
     from hw2.train import run
 
-    cfg = compose_train([f"debug={preset}", "data=text_file", f"data.corpus.path={small_text}",
-                         "data.corpus.test_fraction=0.1",
-                         "model.net.hidden_size=16", "model.net.embedding_dim=8",
-                         "data.batch_size=2",
-                         "data.seq_len=16", f"paths.root_dir={tmp_path}",
-                         "callbacks.progress_bar.refresh_rate=0"], tmp_path / "run")
+    cfg = compose_config([f"debug={preset}", "data=text_file", f"data.corpus.path={small_text}",
+                          "data.corpus.test_fraction=0.1",
+                          "model.net.hidden_size=16", "model.net.embedding_dim=8",
+                          "data.batch_size=2",
+                          "data.seq_len=16", f"paths.root_dir={tmp_path}",
+                          "callbacks.progress_bar.refresh_rate=0"], tmp_path / "run")
     metrics = run(cfg)
     assert "train/bpc" in metrics
     ckpts = tmp_path / "run" / "checkpoints"
@@ -135,9 +136,9 @@ def test_debug_presets_run(preset: str, tmp_path: Path, small_text: Path) -> Non
 @pytest.mark.parametrize("choice", ["task=charlm", "task=cnn", "experiment=charlm_recipe"])
 def test_callbacks_none_drops_the_tasks_callbacks_and_checkpointing(choice: str, tmp_path: Path
                                                                     ) -> None:
-    default = compose_train([choice], tmp_path)
+    default = compose_config([choice], tmp_path)
     task_only = {"task=charlm": {"text_sample"}, "task=cnn": {"misclassified", "confusion_matrix"},
                  "experiment=charlm_recipe": {"text_sample", "weight_averaging"}}[choice]
     assert task_only <= set(default.callbacks)
-    cfg = compose_train([choice, "callbacks=none"], tmp_path)  # the preset's EMA goes too
+    cfg = compose_config([choice, "callbacks=none"], tmp_path)  # the preset's EMA goes too
     assert len(cfg.callbacks) == 0 and cfg.trainer.enable_checkpointing is False

@@ -20,7 +20,7 @@ from hw2.data.image_folders import find_splits
 from hw2.models.classifier import ImageClassifier
 from hw2.models.food_cnn import FoodCNN
 from hw2.train import run
-from tests.test_cnn_train import make_photos
+from tests.helpers.photos import make_photos
 
 
 def test_charlm_logs_train_values_only_on_logger_steps(tmp_path: Path, compose_cfg: Callable,
