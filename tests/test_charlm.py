@@ -22,6 +22,7 @@ from hw2.models.charlm import CharLM, CharRNN, drop_connect, locked_dropout
 from hw2.runs.checkpoints import load_module
 from hw2.train import run
 from tests.helpers.paths import ROOT
+from tests.helpers.probes import FitProbe, assert_same_tensors
 
 TINY = ["model.net.hidden_size=32", "model.net.embedding_dim=16", "model.net.num_layers=1",
         "data.batch_size=4", "data.seq_len=16"]
@@ -291,10 +292,13 @@ def test_training_run_logs_and_checkpoints(trained_run: tuple[Path, dict]) -> No
 
 def test_resume_from_last_checkpoint_continues(trained_run: tuple[Path, dict], tmp_path: Path
                                                ) -> None:
+    """`ckpt_path=<2-epoch last.ckpt>` with max_epochs=3: the fit starts at that checkpoint's
+    step and epoch, with its weights and AdamW moments, and trains the third epoch only."""
     out, _ = trained_run
     text = out.parent / "text.txt"
     last = out / "checkpoints" / "last.ckpt"
-    steps_before = torch.load(last, weights_only=False)["global_step"]
+    saved = torch.load(last, weights_only=False)
+    steps_before = saved["global_step"]
     cfg = compose_config(
         [*TINY, "data=text_file", f"data.corpus.path={text}", f"paths.root_dir={tmp_path}",
          "data.corpus.test_fraction=0.1", "trainer.max_epochs=3", "trainer.precision=32",
@@ -303,7 +307,13 @@ def test_resume_from_last_checkpoint_continues(trained_run: tuple[Path, dict], t
          f"ckpt_path={last}", "test=false"],
         tmp_path / "resumed",
     )
-    run(cfg)
+    probe = FitProbe()
+    run(cfg, extra_callbacks=[probe])
+    assert (probe.step, probe.epoch) == (steps_before, 2)
+    assert probe.batches == steps_before // 2  # one epoch: the third
+    assert_same_tensors(probe.weights, saved["state_dict"], "weights")
+    assert_same_tensors(probe.optimizer, saved["optimizer_states"][0], "optimizer")
+    assert probe.optimizer["state"][0]["step"] == steps_before  # AdamW's own count went on
     resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=False)
     assert resumed["epoch"] == 2 and resumed["global_step"] == steps_before * 3 // 2
 

@@ -127,6 +127,7 @@ def test_debug_presets_run(preset: str, tmp_path: Path, small_text: Path) -> Non
     assert "train/bpc" in metrics
     ckpts = tmp_path / "run" / "checkpoints"
     if preset == "fdr":  # Lightning's fast_dev_run: one batch, nothing written
+        assert metrics["trainer/global_step"] == 1
         assert not ckpts.exists() and "test/bpc" not in metrics
     else:  # a short real run: limit_train_batches=5, checkpoints and a test on the best one
         last = torch.load(ckpts / "last.ckpt", weights_only=True)

@@ -152,6 +152,31 @@ def test_malloc_tuning_is_for_cpu_runs_only(monkeypatch: pytest.MonkeyPatch) -> 
     assert not uses_cuda("auto")
 
 
+@pytest.mark.parametrize(("overrides", "has_gpu", "tuned"), [
+    (["trainer.accelerator=cpu"], False, True),
+    (["trainer.accelerator=cpu", "tune_malloc=false"], False, False),
+    (["trainer.accelerator=gpu"], False, False),
+    (["trainer.accelerator=cuda"], True, False),
+    (["trainer.accelerator=auto"], True, False),
+    (["trainer.accelerator=auto"], False, True),
+], ids=["cpu", "cpu-off", "gpu", "cuda", "auto-with-gpu", "auto-without-gpu"])
+def test_run_tunes_malloc_only_for_a_cpu_run(overrides: list[str], has_gpu: bool, tuned: bool,
+                                            compose_cfg: Callable,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """`run` calls tune_malloc for a CPU run and never for one that will use a GPU (the
+    process-wide malloc setting is a CPU measure). The run stops right after that decision:
+    train=false test=false is refused before any data loads."""
+    import hw2.train
+
+    calls: list[str] = []
+    monkeypatch.setattr(hw2.train, "tune_malloc", lambda: bool(calls.append("tuned")))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: has_gpu)  # the machine's GPU
+    cfg = compose_cfg([*overrides, "trainer.precision=32", "train=false", "test=false"])
+    with pytest.raises(ValueError, match="nothing to do"):
+        run(cfg)
+    assert calls == (["tuned"] if tuned else [])
+
+
 def test_parameter_histograms_match_tensorboards_without_numpy_blas(tmp_path: Path) -> None:
     """hw2's histogram record is TensorBoard's `add_histogram` (default buckets) computed in
     torch (so without numpy's `dot`, whose OpenBLAS threads spin: see add_histogram): the same
