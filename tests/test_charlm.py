@@ -17,14 +17,16 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader
 
+from hw2.config import compose_config
 from hw2.data.char_data import StreamWindows, make_streams
 from hw2.data.vocab import Vocab
 from hw2.inference import generate
 from hw2.models.charlm import CharLM, CharRNN, drop_connect, locked_dropout
 from hw2.runs.checkpoints import load_module
 from hw2.train import run
+from tests.helpers.paths import ROOT
+from tests.helpers.probes import FitProbe, assert_same_tensors
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ["model.net.hidden_size=32", "model.net.embedding_dim=16", "model.net.num_layers=1",
         "data.batch_size=4", "data.seq_len=16"]
 
@@ -249,13 +251,11 @@ def test_sampling_temperature_top_k_and_prime_errors() -> None:
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """One short real run (stream mode, LSTM) through the Hydra config, shared by tests."""
-    from tests.conftest import compose_train
-
     tmp = tmp_path_factory.mktemp("charlm")
     text = tmp / "text.txt"
     text.write_text(("ROMEO:\nBut soft, what light through yonder window breaks?\n\n"
                      "JULIET:\nO Romeo, Romeo, wherefore art thou Romeo?\n\n") * 120)
-    cfg = compose_train(
+    cfg = compose_config(
         [*TINY, "data=text_file", f"data.corpus.path={text}", f"paths.root_dir={tmp}",
          "data.corpus.test_fraction=0.1",
          "trainer.max_epochs=2", "trainer.val_check_interval=1.0", "trainer.precision=32",
@@ -298,13 +298,14 @@ def test_training_run_logs_and_checkpoints(trained_run: tuple[Path, dict]) -> No
 
 def test_resume_from_last_checkpoint_continues(trained_run: tuple[Path, dict], tmp_path: Path
                                                ) -> None:
-    from tests.conftest import compose_train
-
+    """`ckpt_path=<2-epoch last.ckpt>` with max_epochs=3: the fit starts at that checkpoint's
+    step and epoch, with its weights and AdamW moments, and trains the third epoch only."""
     out, _ = trained_run
     text = out.parent / "text.txt"
     last = out / "checkpoints" / "last.ckpt"
-    steps_before = torch.load(last, weights_only=False)["global_step"]
-    cfg = compose_train(
+    saved = torch.load(last, weights_only=False)
+    steps_before = saved["global_step"]
+    cfg = compose_config(
         [*TINY, "data=text_file", f"data.corpus.path={text}", f"paths.root_dir={tmp_path}",
          "data.corpus.test_fraction=0.1", "trainer.max_epochs=3", "trainer.precision=32",
          "callbacks.progress_bar.refresh_rate=0",
@@ -312,7 +313,13 @@ def test_resume_from_last_checkpoint_continues(trained_run: tuple[Path, dict], t
          f"ckpt_path={last}", "test=false"],
         tmp_path / "resumed",
     )
-    run(cfg)
+    probe = FitProbe()
+    run(cfg, extra_callbacks=[probe])
+    assert (probe.step, probe.epoch) == (steps_before, 2)
+    assert probe.batches == steps_before // 2  # one epoch: the third
+    assert_same_tensors(probe.weights, saved["state_dict"], "weights")
+    assert_same_tensors(probe.optimizer, saved["optimizer_states"][0], "optimizer")
+    assert probe.optimizer["state"][0]["step"] == steps_before  # AdamW's own count went on
     resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=False)
     assert resumed["epoch"] == 2 and resumed["global_step"] == steps_before * 3 // 2
 
@@ -373,13 +380,11 @@ def test_last_checkpoint_is_the_latest_state_even_without_improvement(
         tmp_path: Path, small_text: Path) -> None:
     """lr=0: val BPC never improves, so the best checkpoint stays at the first validation,
     but last.ckpt must still hold the final step (Lightning 2.6's save_last alone does not)."""
-    from tests.conftest import compose_train
-
-    cfg = compose_train([*TINY, "data=text_file", f"data.corpus.path={small_text}",
-                         f"paths.root_dir={tmp_path}", "trainer.max_epochs=3",
-                         "trainer.val_check_interval=1.0", "model.optimizer.lr=0",
-                         "trainer.precision=32", "callbacks.progress_bar.refresh_rate=0",
-                         "test=false"], tmp_path / "run")
+    cfg = compose_config([*TINY, "data=text_file", f"data.corpus.path={small_text}",
+                          f"paths.root_dir={tmp_path}", "trainer.max_epochs=3",
+                          "trainer.val_check_interval=1.0", "model.optimizer.lr=0",
+                          "trainer.precision=32", "callbacks.progress_bar.refresh_rate=0",
+                          "test=false"], tmp_path / "run")
     run(cfg)
     ckpts = tmp_path / "run" / "checkpoints"
     last = torch.load(ckpts / "last.ckpt", weights_only=False)
@@ -405,11 +410,9 @@ def test_dropout_ramp_moves_the_rate_with_the_step(tmp_path: Path) -> None:
     """A short real run: the rate logged before every step follows start -> end over the
     run's steps, and the network ends at the last step's rate."""
     from hw2.callbacks.dropout_ramp import DropoutRamp
-    from tests.conftest import compose_train
-
     text = tmp_path / "text.txt"
     text.write_text("To be, or not to be, that is the question:\n" * 60)
-    cfg = compose_train(
+    cfg = compose_config(
         [*TINY, "model.net.num_layers=2", "model.net.dropout=0.25", "data=text_file",
          f"data.corpus.path={text}", f"paths.root_dir={tmp_path}", "+trainer.max_steps=10",
          "trainer.max_epochs=-1", "trainer.log_every_n_steps=1", "trainer.precision=32",

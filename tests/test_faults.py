@@ -1,8 +1,8 @@
 """Fault drills on real `python train.py` processes: SIGKILL mid-epoch and resume (both tasks,
 with validation and checkpoints inside the epoch), SIGKILL inside a checkpoint save, SIGTERM
 (pre-emption), and a non-finite loss. Each resumed run must end exactly where an uninterrupted
-run with the same seed ends (trainer.deterministic=true). Faults come from `tests.faults.Fault`,
-added through the config like any callback."""
+run with the same seed ends (trainer.deterministic=true). Faults come from
+`tests.helpers.faults.Fault`, added through the config like any callback."""
 
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from hw2.runs.record import read_record, status_of
+from tests.helpers.paths import ROOT
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
 CHAR = ["data=text_file", "model.net.hidden_size=32", "model.net.embedding_dim=16",
         "model.net.num_layers=1",
         "data.batch_size=4", "data.seq_len=16", "trainer.max_epochs=2",
@@ -36,7 +36,7 @@ COMMON = ["trainer.deterministic=true", "trainer.enable_model_summary=false",
 
 
 def fault(kind: str, **where: int) -> list[str]:
-    return ["+callbacks.fault._target_=tests.faults.Fault", f"+callbacks.fault.kind={kind}",
+    return ["+callbacks.fault._target_=tests.helpers.faults.Fault", f"+callbacks.fault.kind={kind}",
             *(f"+callbacks.fault.{k}={v}" for k, v in where.items())]
 
 
