@@ -38,6 +38,9 @@ class BadImageError(OSError):
     """A file that PIL cannot decode (truncated, not an image)."""
 
 
+DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError)
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any PIL mode as RGB; transparent pixels go on white (not on whatever colour they hide)."""
     if image.mode == "RGB":
@@ -62,9 +65,13 @@ def load_rgb(path: str | Path, min_side: int | None = None) -> Image.Image:
                 image.draft("RGB", (min_side, min_side))
             image.load()
             return to_rgb(image)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise BadImageError(f"{path}: cannot decode this image ({type(e).__name__}: {e}); "
-                            "replace or remove the file, or set data.skip_bad_images=true") from e
+    except DECODE_ERRORS as e:
+        raise bad_image(path, e) from e
+
+
+def bad_image(path: str | Path, e: Exception) -> BadImageError:
+    return BadImageError(f"{path}: cannot decode this image ({type(e).__name__}: {e}); "
+                         "replace or remove the file, or set data.skip_bad_images=true")
 
 
 def check_image(path: Path) -> str | None:
@@ -73,7 +80,7 @@ def check_image(path: Path) -> str | None:
         with Image.open(path) as image:
             image.draft(image.mode, (1, 1))
             image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except DECODE_ERRORS as e:
         return f"{type(e).__name__}: {e}"
     return None
 
@@ -205,8 +212,11 @@ def eval_record(path: Path, image_size: int, sizes: Sequence[int | None], draft:
 
 def resized_bytes(path: Path, resize: int | None) -> int:
     """Upper bound of `train_record`'s size from the file header alone (no decoding)."""
-    with Image.open(path) as image:
-        w, h = image.size
+    try:
+        with Image.open(path) as image:
+            w, h = image.size
+    except DECODE_ERRORS as e:
+        raise bad_image(path, e) from e
     if resize is not None:
         short, long = sorted((w, h))
         w, h = resize, int(resize * long / short) + 1
