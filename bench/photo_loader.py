@@ -12,7 +12,9 @@ Side by side, per size and device (CPU; CUDA where present):
   plain cache    the same loop on cached batches;
   e2e pil/cache  `python train.py experiment=cnn_recipe_bf16` (its callbacks, loggers,
                  checkpoints; test=false) in a fresh process, timed from its `--warmup`-th step
-                 over `--steps` steps, epoch ends included, without and with the cache.
+                 over `--steps` steps, epoch ends included, without and with the cache;
+  e2e cache w1   the same with `data.num_workers=1`: crops in a worker process, overlapping
+                 the training step (on CUDA the recipe's 4 workers are used throughout).
 Variants run interleaved `--repeats` times; the best of each is shown (others share the
 machine: figures move between repeats) with `uptime` before and after. The caches are built
 once first (build time and size printed) under `--cache-dir`.
@@ -40,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 BATCH = 32
 VARIANTS = ("loader pil", "loader cache", "compute", "plain pil", "plain cache", "e2e pil",
-            "e2e cache")
+            "e2e cache", "e2e cache w1")
 
 
 def default_data() -> Path:
@@ -153,8 +155,8 @@ def measure_in_process(variant: str, args: argparse.Namespace, size: int, device
     return rates(steps, *timed(steps, args.warmup, lambda i: (step(*next(it)), step.sync())))
 
 
-def measure_e2e(args: argparse.Namespace, size: int, cache: bool, device: str, steps: int
-                ) -> dict[str, float]:
+def measure_e2e(args: argparse.Namespace, size: int, cache: bool, device: str, steps: int,
+                extra: list[str]) -> dict[str, float]:
     """`hw2.train.run` (what `python train.py` runs) with a clock callback, in this process
     (a fresh child per measurement, see `main`)."""
     import pytorch_lightning as pl
@@ -177,7 +179,7 @@ def measure_e2e(args: argparse.Namespace, size: int, cache: bool, device: str, s
     out = Path(tempfile.mkdtemp(prefix="photo_loader_e2e_", dir=args.work))
     overrides = [*recipe(size, args.data, cache, args.cache_dir, out, device), "test=false",
                  f"+trainer.max_steps={last}", "callbacks.progress_bar.refresh_rate=0",
-                 "trainer.enable_model_summary=false"]
+                 "trainer.enable_model_summary=false", *extra]
     run(compose_config(overrides, out), extra_callbacks=[Clock()])
     return rates(steps, marks["end"] - marks["start"], marks["cpu end"] - marks["cpu"])
 
@@ -186,7 +188,8 @@ def child(args: argparse.Namespace) -> None:
     variant, size, device = args.child, args.size, args.device
     steps = args.steps if size == 128 else args.steps_512
     if variant.startswith("e2e"):
-        result = measure_e2e(args, size, variant.endswith("cache"), device, steps)
+        result = measure_e2e(args, size, "cache" in variant, device, steps,
+                             ["data.num_workers=1"] if variant.endswith("w1") else [])
     else:
         result = measure_in_process(variant, args, size, device, steps)
     result["peak RSS MB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -251,7 +254,7 @@ def report(results: dict[tuple[str, int, str], list[dict[str, float]]], sizes: l
                       f"{r['peak RSS MB']:7.0f}MB  {every}")
             compute = best.get("compute", {}).get("images/s")
             plain = best.get("plain pil", {}).get("images/s")
-            for variant in ("e2e cache", "e2e pil", "plain cache"):
+            for variant in ("e2e cache", "e2e cache w1", "e2e pil", "plain cache"):
                 if variant in best and compute and plain:
                     rate = best[variant]["images/s"]
                     print(f"  {variant}: {rate / compute:.2f} of compute only, "

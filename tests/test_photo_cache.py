@@ -80,7 +80,7 @@ def test_records_are_the_resized_photos_and_eval_views(tmp_path: Path) -> None:
     dm = cached_module(root, tmp_path / "cache", resize=36, eval_resize=[32, 40])
     train, test = dm.datasets["train"].cache, dm.datasets["test"].cache
     assert train[0].shape == (36, 43, 3) and train[0].dtype == np.uint8  # 48x40 -> 43x36, whole
-    assert test[0].shape == (2, 32, 32, 3)  # one centre crop per eval resize
+    assert test[0].shape == (2, 3, 32, 32)  # one centre crop per eval resize
     assert PhotoCache(train.path).shapes == train.shapes  # read back from the file's index
 
 
@@ -199,10 +199,10 @@ def test_crops_flips_and_jitter_follow_the_pil_paths_distributions(tmp_path: Pat
     dm = cached_module(root, tmp_path / "cache", image_size=size, resize=None,
                        augment="strong", crop_scale=[0.35, 1.0])
     items = [dm.datasets["train"][(epoch, 0)] for epoch in range(n)]
-    x = torch.stack([item[0] for item in items])  # (n, size, size, 3) uint8
+    x = torch.stack([item[0] for item in items])  # (n, 3, size, size) uint8
     factors = torch.stack([item[1] for item in items])
-    left, right = (x[:, :, col, 0].float().mean(1) for col in (0, -1))  # red: the column
-    top, bottom = (x[:, row, :, 1].float().mean(1) for row in (0, -1))  # green: the row
+    left, right = (x[:, 0, :, col].float().mean(1) for col in (0, -1))  # red: the column
+    top, bottom = (x[:, 1, row, :].float().mean(1) for row in (0, -1))  # green: the row
     flipped = left > right
     # pixel centres span (size - 1) / size of the crop
     crop_w = (left - right).abs() / 255 * (w - 1) * size / (size - 1)
@@ -238,9 +238,9 @@ def test_crops_flips_and_jitter_follow_the_pil_paths_distributions(tmp_path: Pat
     ((1, 1, 1, 0), lambda x: x),
 ])
 def test_batched_jitter_is_torchvisions_single_ops(factors, reference) -> None:
-    x = torch.randint(0, 256, (4, 16, 20, 3), dtype=torch.uint8)
+    x = torch.randint(0, 256, (4, 3, 16, 20), dtype=torch.uint8)
     got = finish_batch(x, torch.tensor([factors] * 4), HALF, HALF)
-    want = TF.normalize(reference(x.permute(0, 3, 1, 2).float() / 255), HALF, HALF)
+    want = TF.normalize(reference(x.float() / 255), HALF, HALF)
     assert got.shape == (4, 3, 16, 20)
     assert torch.allclose(got, want, atol=2e-5)
 
@@ -249,8 +249,8 @@ def test_batched_hue_turns_colours_by_the_hue_factor_and_keeps_grey_levels() -> 
     """Hue as a rotation of the chroma plane: grey levels stay, and the HSV hue of coloured
     pixels turns by the factor on average (torchvision shifts HSV hue by exactly that)."""
     g = torch.Generator().manual_seed(0)
-    x = (torch.rand(8, 24, 24, 3, generator=g) * 180 + 40).to(torch.uint8)
-    chw = x.permute(0, 3, 1, 2).float() / 255
+    x = (torch.rand(8, 3, 24, 24, generator=g) * 180 + 40).to(torch.uint8)
+    chw = x.float() / 255
     gray = torch.tensor([0.2989, 0.587, 0.114]).view(1, 3, 1, 1)
 
     def hue_of(img: torch.Tensor) -> torch.Tensor:
@@ -270,8 +270,8 @@ def test_batched_hue_turns_colours_by_the_hue_factor_and_keeps_grey_levels() -> 
 def test_batched_jitter_of_all_ops_but_hue_is_close_to_torchvisions_chain() -> None:
     """Clamped once at the end instead of after each op: close to torchvision's chain."""
     g = torch.Generator().manual_seed(0)
-    x = (torch.rand(8, 24, 24, 3, generator=g) * 255).to(torch.uint8)
-    chw = x.permute(0, 3, 1, 2).float() / 255
+    x = (torch.rand(8, 3, 24, 24, generator=g) * 255).to(torch.uint8)
+    chw = x.float() / 255
     got = finish_batch(x, torch.tensor([(1.2, 0.8, 1.25, 0)] * 8), HALF, HALF) * 0.5 + 0.5
     want = TF.adjust_saturation(TF.adjust_contrast(TF.adjust_brightness(chw, 1.2), 0.8), 1.25)
     assert (got - want).abs().mean() < 0.01

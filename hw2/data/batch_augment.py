@@ -9,8 +9,8 @@ jitter factors follow the same distributions (and under the same seed are the sa
 jitter itself is one affine colour map per photo: brightness, contrast and saturation as
 torchvision defines them, hue as a rotation of the chroma plane (YIQ) by `hue` turns instead of
 a shift in HSV, clamped once at the end instead of after each of the four ops (which then
-commute, so the random order makes no difference). Batches are channels-last, `(B, H, W, 3)`
-uint8 from the loader and `(B, 3, H, W)` float (a channels-last view) after `finish_batch`.
+commute, so the random order makes no difference). Batches are `(B, 3, H, W)` (evaluation:
+`(B, V, 3, H, W)`) uint8 from the loader, the same shapes in float after `finish_batch`.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def one_thread() -> Iterator[None]:
 
 
 class CropFlip:
-    """One photo `(H, W, 3)` uint8 -> `(size, size, 3)` uint8 and its jitter factors
+    """One photo `(H, W, 3)` uint8 -> `(3, size, size)` uint8 and its jitter factors
     `(brightness, contrast, saturation, hue)` (None without jitter): a random resized crop
     (`strong`) or the centre crop (`report`), then a horizontal flip at p=0.5."""
 
@@ -72,10 +72,9 @@ class CropFlip:
                                 antialias=True, align_corners=False)[0]
         else:
             out = T.functional.center_crop(chw, [self.size, self.size])
-        out = out.permute(1, 2, 0)
         if torch.rand(1) < 0.5:
-            out = out.flip(1)
-        out = out.contiguous()
+            out = out.flip(-1)
+        out = out.contiguous()  # planar: the batch's float conversion and colour map stream
         if not self.strong:
             return out, None
         _, b, c, s, h = T.ColorJitter.get_params(*self.ranges)
@@ -108,26 +107,26 @@ def jitter_matrices(factors: torch.Tensor, gray_mean: torch.Tensor
 
 def finish_batch(x: torch.Tensor, factors: torch.Tensor | None, mean: Sequence[float],
                  std: Sequence[float]) -> torch.Tensor:
-    """uint8 `(..., H, W, 3)` -> float `(..., 3, H, W)`, jittered by `factors` when given,
-    normalised like the PIL path's `ToDtype(scale=True)` + `Normalize(mean, std)`."""
+    """uint8 `(..., 3, H, W)` -> float, jittered by `factors` `(B, 4)` when given, normalised
+    like the PIL path's `ToDtype(scale=True)` + `Normalize(mean, std)`."""
     dev = x.device
     mean_t = torch.tensor(mean, dtype=torch.float32, device=dev)
     std_t = torch.tensor(std, dtype=torch.float32, device=dev)
     if factors is None:
         # the same element-wise ops as to_dtype(scale=True) + normalize: bit-identical values
-        y = x.to(torch.float32).mul_(1 / 255).sub_(mean_t).div_(std_t)
-        return y.movedim(-1, -3)
-    n, h, w, _ = x.shape
-    pixels = x.reshape(n, h * w, 3).to(torch.float32)
-    gray_mean = (pixels.mean(dim=1) @ torch.tensor(GRAY, device=dev)) / 255
+        return x.to(torch.float32).mul_(1 / 255).sub_(mean_t.view(3, 1, 1)).div_(
+            std_t.view(3, 1, 1))
+    n = len(x)
+    pixels = x.reshape(n, 3, -1).to(torch.float32)  # (B, 3, H*W)
+    gray_mean = (pixels.mean(dim=2) @ torch.tensor(GRAY, device=dev)) / 255
     a, o = jitter_matrices(factors.to(dev, torch.float32), gray_mean)
     # clamp(A x/255 + o, 0, 1) then normalise, folded into one affine map and a clamp
     a = a / (255 * std_t.view(1, 3, 1))
     o = (o - mean_t) / std_t
-    y = torch.bmm(pixels, a.transpose(1, 2)).add_(o.unsqueeze(1))  # (baddbmm: 5x slower)
+    y = torch.bmm(a, pixels).add_(o.unsqueeze(2))  # (baddbmm measured slower)
     low, high = -mean_t / std_t, (1 - mean_t) / std_t
     if bool((low == low[0]).all() and (high == high[0]).all()):  # scalars: a faster clamp
         y.clamp_(float(low[0]), float(high[0]))
     else:
-        y = torch.clamp(y, low, high)
-    return y.view(n, h, w, 3).permute(0, 3, 1, 2)
+        y = torch.clamp(y, low.view(3, 1), high.view(3, 1))
+    return y.view(x.shape)

@@ -203,11 +203,11 @@ def train_record(path: Path, resize: int | None, draft: bool) -> np.ndarray:
 
 def eval_record(path: Path, image_size: int, sizes: Sequence[int | None], draft: int | None
                 ) -> np.ndarray:
-    """An evaluation photo for the cache: its views `(V, S, S, 3)` uint8, cropped exactly as
+    """An evaluation photo for the cache: its views `(V, 3, S, S)` uint8, cropped exactly as
     `build_eval_transform` crops them (only the float conversion is left to do)."""
     image = load_rgb(path, draft)
     return np.stack([np.asarray(v2.Compose([*resize_steps(size), v2.CenterCrop(image_size)])(
-        image)) for size in sizes])
+        image)) for size in sizes]).transpose(0, 3, 1, 2)
 
 
 def resized_bytes(path: Path, resize: int | None) -> int:
@@ -229,7 +229,7 @@ VERSIONS = {"pillow": PIL.__version__, "torchvision": torchvision.__version__}
 
 
 class CachedSamples(Dataset):
-    """Photos from the photo cache as uint8 `(H, W, 3)` (evaluation: `(V, H, W, 3)` views, V=1
+    """Photos from the photo cache as uint8 `(3, H, W)` (evaluation: `(V, 3, H, W)` views, V=1
     squeezed); training photos cropped and flipped by `augment`, with their jitter factors
     when it draws any. `ImageDataModule.on_after_batch_transfer` finishes the batches."""
 
@@ -368,7 +368,7 @@ class ImageDataModule(ResumableTrainData):
         return CachedSamples(samples, cache, augment)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Cached batches (uint8, channels-last) to normalised float on the model's device,
+        """Cached batches (uint8) to normalised float on the model's device,
         jittered when the training loader drew jitter factors; others pass unchanged."""
         if not self.cache or not torch.is_tensor(batch[0]) or batch[0].dtype != torch.uint8:
             return batch
