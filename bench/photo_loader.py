@@ -14,7 +14,7 @@ Side by side, per size and device (CPU; CUDA where present):
                  checkpoints; test=false) in a fresh process, timed from its `--warmup`-th step
                  over `--steps` steps, epoch ends included, without and with the cache;
   e2e cache w1   the same with `data.num_workers=1`: crops in a worker process, overlapping
-                 the training step (on CUDA the recipe's 4 workers are used throughout).
+                 the training step (on CUDA: 1 instead of the 4 used otherwise).
 Variants run interleaved `--repeats` times; the best of each is shown (others share the
 machine: figures move between repeats) with `uptime` before and after. The caches are built
 once first (build time and size printed) under `--cache-dir`.
