@@ -124,9 +124,11 @@ def finish_batch(x: torch.Tensor, factors: torch.Tensor | None, mean: Sequence[f
     a = a / (255 * std_t.view(1, 3, 1))
     o = (o - mean_t) / std_t
     y = torch.bmm(a, pixels).add_(o.unsqueeze(2))  # (baddbmm measured slower)
-    low, high = -mean_t / std_t, (1 - mean_t) / std_t
-    if bool((low == low[0]).all() and (high == high[0]).all()):  # scalars: a faster clamp
-        y.clamp_(float(low[0]), float(high[0]))
+    low = [-m / s for m, s in zip(mean, std, strict=True)]  # [0, 1] normalised, per channel
+    high = [(1 - m) / s for m, s in zip(mean, std, strict=True)]
+    if len(set(low)) == 1 and len(set(high)) == 1:  # scalars: a faster clamp, no device sync
+        y.clamp_(low[0], high[0])
     else:
-        y = torch.clamp(y, low.view(3, 1), high.view(3, 1))
+        y = torch.clamp(y, torch.tensor(low, device=dev).view(3, 1),
+                        torch.tensor(high, device=dev).view(3, 1))
     return y.view(x.shape)
