@@ -275,3 +275,11 @@ def test_batched_jitter_of_all_ops_but_hue_is_close_to_torchvisions_chain() -> N
     got = finish_batch(x, torch.tensor([(1.2, 0.8, 1.25, 0)] * 8), HALF, HALF) * 0.5 + 0.5
     want = TF.adjust_saturation(TF.adjust_contrast(TF.adjust_brightness(chw, 1.2), 0.8), 1.25)
     assert (got - want).abs().mean() < 0.01
+
+
+def test_batched_jitter_clamps_per_channel_with_imagenet_statistics() -> None:
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    x = torch.randint(0, 256, (4, 3, 16, 20), dtype=torch.uint8)
+    got = finish_batch(x, torch.tensor([(1.3, 1, 1, 0)] * 4), mean, std)
+    want = TF.normalize(TF.adjust_brightness(x.float() / 255, 1.3), mean, std)
+    assert torch.allclose(got, want, atol=2e-5)
