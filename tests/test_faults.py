@@ -150,6 +150,26 @@ def test_cnn_sigkill_mid_epoch_resumes_to_the_same_end(photos: Path, tmp_path: P
     assert_same_run(out, run_dir(tmp_path, "cnn", "full"))
 
 
+def test_cnn_from_the_photo_cache_resumes_to_the_same_end(photos: Path, tmp_path: Path) -> None:
+    """data.cache=true with random crops and colour jitter: the killed run's cache is reused
+    and the resumed run trains on the same batches in the same order."""
+    args = [*CNN, f"data.root={photos}", "data.cache=true", "data.augment=strong",
+            f"paths.cache_dir={tmp_path / 'cache'}"]
+    full = train(args, tmp_path, "full")
+    assert full.returncode == 0, full.stdout[-3000:]
+    assert "building the photo cache" in full.stdout
+    plain = train([*CNN, f"data.root={photos}", "data.augment=strong"], tmp_path, "plain")
+    assert plain.returncode == 0, plain.stdout[-3000:]
+    assert curves(run_dir(tmp_path, "cnn", "full"))["train/loss"] != \
+        curves(run_dir(tmp_path, "cnn", "plain"))["train/loss"]  # the cache path did train
+    killed = train([*args, *fault("kill", at_step=14)], tmp_path, "cut")
+    assert killed.returncode == -signal.SIGKILL
+    resumed = train(args, tmp_path, "cut")
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    assert "building the photo cache" not in killed.stdout + resumed.stdout
+    assert_same_run(run_dir(tmp_path, "cnn", "cut"), run_dir(tmp_path, "cnn", "full"))
+
+
 def test_weight_averaging_resumes_to_the_same_end(charlm_args: list[str], charlm_full: Path,
                                                   tmp_path: Path) -> None:
     """With Lightning's EMAWeightAveraging (as experiment=charlm_recipe uses it) validation and
