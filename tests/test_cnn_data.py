@@ -18,24 +18,7 @@ from hw2.data.image_data import (
     to_rgb,
 )
 from hw2.data.image_folders import FOOD11_CLASSES, LayoutError, find_splits
-
-CLASSES = ["ramen", "apple_pie", "sushi"]
-
-
-def photo(path: Path, size: tuple[int, int] = (48, 40), colour: tuple[int, ...] = (200, 30, 30),
-          mode: str = "RGB", fmt: str = "JPEG") -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new(mode, size, colour).save(path, fmt)
-    return path
-
-
-def make_folders(root: Path, n_train: int = 5, n_test: int = 2, val: int = 0,
-                 classes: list[str] = CLASSES) -> Path:
-    for c, name in enumerate(classes):
-        for split, n in (("train", n_train), ("test", n_test), ("val", val)):
-            for i in range(n):
-                photo(root / split / name / f"{i}.jpg", colour=(40 * c, 100, 200 - 40 * c))
-    return root
+from tests.helpers.photos import CLASSES, bad_files, make_folders, photo
 
 
 def make_food11(root: Path, per_class: int = 1) -> Path:
@@ -210,15 +193,6 @@ def test_cmyk_red_stays_red_and_transparent_goes_white(tmp_path: Path) -> None:
     assert r > 200 and g < 60 and b < 60
     clear = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
     assert to_rgb(clear).getpixel((3, 3)) == (255, 255, 255)
-
-
-def bad_files(root: Path) -> tuple[Path, Path]:
-    good = photo(root / "train" / CLASSES[0] / "zz_truncated.jpg", size=(64, 64))
-    data = good.read_bytes()
-    good.write_bytes(data[: len(data) // 2])
-    text = root / "train" / CLASSES[1] / "zz_not_an_image.jpg"
-    text.write_text("this is not a jpeg")
-    return good, text
 
 
 def test_truncated_and_non_image_files_are_named(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from torchvision.transforms.v2 import functional as TF
 from hw2.data.batch_augment import finish_batch
 from hw2.data.image_data import BadImageError, ImageDataModule
 from hw2.data.photo_cache import CacheSpaceError, PhotoCache, open_or_build, temp_files
-from tests.test_cnn_data import bad_files, make_folders, photo
+from tests.helpers.photos import bad_files, make_folders, photo
 
 ROOT = Path(__file__).resolve().parents[1]
 HALF = (0.5, 0.5, 0.5)
