@@ -42,28 +42,26 @@ def instantiate_group(group: DictConfig | None) -> list[Any]:
             if isinstance(node, DictConfig) and "_target_" in node]
 
 
-def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
-    """data/model/trainer keys and the seed as flat `group.key` scalars for TensorBoard's
-    HParams view (targets and nested objects left out)."""
+def logged_hparams(cfg: DictConfig) -> dict[str, Any]:
+    """The seed and the data/model/trainer groups as nested plain data (targets, private keys,
+    Lightning plugins and paths left out). The loggers flatten and sanitise it themselves:
+    `data/batch_size` columns in TensorBoard's HParams view (a null shown as "None", so a key
+    swept between null and a value keeps its column) and the nesting of the config in
+    hparams.yaml."""
+
+    def keep(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: keep(v) for k, v in node.items() if not str(k).startswith("_")}
+        if isinstance(node, list):
+            return [keep(v) for v in node]
+        return node
+
     out: dict[str, Any] = {"seed": cfg.get("seed")}
-
-    def walk(prefix: str, node: Any) -> None:
-        if isinstance(node, Mapping):
-            for k, v in node.items():
-                if k != "_target_" and not str(k).startswith("_"):
-                    walk(f"{prefix}.{k}", v)
-        elif isinstance(node, list):
-            out[prefix] = str(node)
-        else:
-            out[prefix] = node
-
     for group in ("data", "model", "trainer"):
         node = OmegaConf.to_container(cfg.get(group), resolve=True) if cfg.get(group) else {}
-        for k, v in node.items():
-            if k in ("_target_", "plugins", "default_root_dir"):
-                continue
-            walk(f"{group}.{k}", v)
-    return {k: v for k, v in out.items() if v is not None}
+        out[group] = {k: keep(v) for k, v in node.items()
+                      if k not in ("plugins", "default_root_dir") and not str(k).startswith("_")}
+    return out
 
 
 def describe(cfg: DictConfig) -> str:
@@ -178,9 +176,9 @@ def _run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback]) -> dict[str, f
             if cfg.get("train"):
                 logger.log_metrics(final, step=trainer.global_step)
             else:
-                logger.log_hyperparams(flat_hparams(cfg), metrics=final)
+                logger.log_hyperparams(logged_hparams(cfg), metrics=final)
         elif not cfg.get("train"):
-            logger.log_hyperparams(flat_hparams(cfg))
+            logger.log_hyperparams(logged_hparams(cfg))
         logger.save()
     report(cfg, trainer, metrics)
     return metrics
@@ -259,7 +257,7 @@ def expected_final_metrics(cfg: DictConfig) -> list[str]:
 def log_hparams_at_start(cfg: DictConfig, trainer: pl.Trainer, resuming: bool = False) -> None:
     """Hyperparameters before training, so a crashed run has them (hparams.yaml, HParams tab);
     the final metrics follow at the end as `hp/...` scalars (NaN until then)."""
-    params = flat_hparams(cfg)
+    params = logged_hparams(cfg)
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger) and not resuming:
             logger.log_hyperparams(params, metrics={k: float("nan")

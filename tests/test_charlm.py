@@ -296,6 +296,37 @@ def test_training_run_logs_and_checkpoints(trained_run: tuple[Path, dict]) -> No
     assert "val/bpc" in (out / "csv" / "metrics.csv").read_text().splitlines()[0]
 
 
+def test_hyperparameters_reach_the_hparams_view_and_yaml(trained_run: tuple[Path, dict]
+                                                        ) -> None:
+    """The config's data/model/trainer groups and the seed, as TensorBoard's HParams plugin
+    reads them back (flattened by Lightning's logger: `data/batch_size`) and as hparams.yaml
+    keeps them (nested like the config); targets, private keys and paths left out."""
+    import yaml
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    out, _ = trained_run
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    content = events.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        content["_hparams_/session_start_info"]).session_start_info.hparams
+    assert start["data/batch_size"].number_value == 4
+    assert start["model/hidden_size"].number_value == 32
+    assert start["model/optimizer/lr"].number_value > 0
+    assert start["seed"].number_value == 1234
+    assert start["model/cell"].string_value == "lstm"
+    assert not [k for k in start if "/_" in k or k.startswith("_")]  # _target_, _partial_
+    assert "trainer/default_root_dir" not in start and "trainer/plugins" not in start
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(
+        content["_hparams_/experiment"]).experiment
+    assert {h.name for h in experiment.hparam_infos} == set(start)
+    assert "hp/test/bpc" in {m.name.tag for m in experiment.metric_infos}
+    for logger in ("tensorboard", "csv"):
+        saved = yaml.safe_load((out / logger / "hparams.yaml").read_text())
+        assert saved["data"]["batch_size"] == 4 and saved["model"]["hidden_size"] == 32
+        assert "_target_" not in saved["model"]["optimizer"]
+
+
 def test_resume_from_last_checkpoint_continues(trained_run: tuple[Path, dict], tmp_path: Path
                                                ) -> None:
     """`ckpt_path=<2-epoch last.ckpt>` with max_epochs=3: the fit starts at that checkpoint's

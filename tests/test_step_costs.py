@@ -1,6 +1,6 @@
 """What the per-step code does and no longer does: values are logged only on the logger's
 steps, epoch metrics are logged once at their epoch's end as exact weighted means, parameter
-histograms are TensorBoard's own record computed without numpy's BLAS, and
+histograms are TensorBoard's own, written with numpy's BLAS on one thread, and
 `data.val_fraction=0` trains on every photo (as the plain loop of bench/cnn_parity.py)."""
 
 from __future__ import annotations
@@ -8,13 +8,18 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from threadpoolctl import threadpool_info, threadpool_limits
+from torch.utils.tensorboard import SummaryWriter
 
+from hw2.callbacks.histograms import layer_tag
 from hw2.data.image_data import ImageDataModule
 from hw2.data.image_folders import find_splits
 from hw2.models.classifier import ImageClassifier
@@ -177,31 +182,72 @@ def test_run_tunes_malloc_only_for_a_cpu_run(overrides: list[str], has_gpu: bool
     assert calls == (["tuned"] if tuned else [])
 
 
-def test_parameter_histograms_match_tensorboards_without_numpy_blas(tmp_path: Path) -> None:
-    """hw2's histogram record is TensorBoard's `add_histogram` (default buckets) computed in
-    torch (so without numpy's `dot`, whose OpenBLAS threads spin: see add_histogram): the same
-    buckets, counts, min, max, count and sums as TensorBoard's own, so its dashboards and
-    hw2.report read them alike."""
-    from torch.utils.tensorboard import SummaryWriter
+def blas_threads() -> int:
+    return max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
 
-    from hw2.callbacks.histograms import add_histogram
 
-    g = torch.Generator().manual_seed(0)
-    cases = {"conv": torch.randn(32, 16, 5, 5, generator=g) * 0.05,
-             "positive": torch.rand(100, generator=g) + 3, "zeros": torch.zeros(7),
-             "single": torch.tensor([-2.5]), "tiny": torch.tensor([0.0, 1e-13, -1e-13, 5.0])}
-    writer = SummaryWriter(str(tmp_path))
-    for name, values in cases.items():
-        writer.add_histogram(f"tensorboard/{name}", values, 3)
-        add_histogram(writer, f"hw2/{name}", values, 3)
-    writer.close()
-    events = EventAccumulator(str(tmp_path), size_guidance={"histograms": 0})
-    events.Reload()
-    for name in cases:
-        (theirs,), (ours,) = (events.Histograms(f"{who}/{name}") for who in ("tensorboard", "hw2"))
-        assert ours.step == theirs.step == 3
-        a, b = theirs.histogram_value, ours.histogram_value
-        assert (b.min, b.max, b.num, b.sum) == (a.min, a.max, a.num, a.sum), name
-        assert b.sum_squares == pytest.approx(a.sum_squares, rel=1e-12), name
-        assert list(b.bucket_limit) == list(a.bucket_limit), name
-        assert list(b.bucket) == list(a.bucket), name
+class BlasNotingWriter(SummaryWriter):
+    """TensorBoard's writer, noting numpy's BLAS threads at each histogram it writes."""
+
+    def __init__(self, log_dir: str) -> None:
+        super().__init__(log_dir)
+        self.blas_threads: list[int] = []
+
+    def add_histogram(self, *args: Any, **kwargs: Any) -> None:
+        self.blas_threads.append(blas_threads())
+        super().add_histogram(*args, **kwargs)
+
+
+class BlasNotingLogger(TensorBoardLogger):
+    def __init__(self, save_dir: Path) -> None:
+        super().__init__(str(save_dir), name="", version="")
+        self.writer = BlasNotingWriter(self.log_dir)
+
+    @property
+    def experiment(self) -> BlasNotingWriter:
+        return self.writer
+
+
+def test_parameter_histograms_are_tensorboards_own_with_numpy_blas_on_one_thread(
+        tmp_path: Path) -> None:
+    """ParamHistograms writes TensorBoard's own histogram of every finite parameter, with numpy's
+    BLAS limited to one thread while it does (TensorBoard's sum of squares is a numpy `dot`,
+    whose idle OpenBLAS threads would spin on the training's cores) and as it was afterwards."""
+    from hw2.callbacks.histograms import ParamHistograms
+
+    class Net(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = FoodCNN(3, 32)
+
+    module = Net()
+    with torch.no_grad():
+        module.net.fc.bias[0] = float("nan")  # diverged: no histogram
+    logger = BlasNotingLogger(tmp_path / "callback")
+    trainer = pl.Trainer(logger=logger, accelerator="cpu", enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    with threadpool_limits(limits=2, user_api="blas"):  # numpy's pool on a 2-core machine
+        ParamHistograms().on_train_epoch_end(trainer, module)
+        assert blas_threads() == 2  # restored
+    logger.writer.close()
+    finite = {layer_tag(n): p for n, p in module.named_parameters() if p.isfinite().all()}
+    assert "fc/bias" not in finite and len(finite) >= 6
+    assert logger.writer.blas_threads == [1] * len(finite)
+
+    reference = SummaryWriter(str(tmp_path / "reference"))
+    for tag, p in finite.items():
+        reference.add_histogram(tag, p.detach(), 0)
+    reference.close()
+    ours, theirs = (EventAccumulator(str(tmp_path / d), size_guidance={"histograms": 0})
+                    for d in ("callback", "reference"))
+    ours.Reload()
+    theirs.Reload()
+    assert sorted(ours.Tags()["histograms"]) == sorted(f"params/{t}" for t in finite)
+    for tag in finite:
+        (a,), (b,) = theirs.Histograms(tag), ours.Histograms(f"params/{tag}")
+        assert b.step == a.step == 0
+        a, b = a.histogram_value, b.histogram_value
+        assert (b.min, b.max, b.num, b.sum) == (a.min, a.max, a.num, a.sum), tag
+        assert list(b.bucket_limit) == list(a.bucket_limit) and list(b.bucket) == list(a.bucket)
+        # one BLAS thread sums the squares in another order than two
+        assert b.sum_squares == pytest.approx(a.sum_squares, rel=1e-12), tag
