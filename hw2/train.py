@@ -16,6 +16,7 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from hw2.runs.checkpoints import check_resume_data, load_for_data, resume_hparams
+from hw2.runs.provenance import provenance
 from hw2.runs.record import job_overrides, recorded_run
 from hw2.runs.resume import keep_csv_rows, logging_step, resolve_checkpoint
 from hw2.utils.runtime import fast_event_checksums, fast_precision, tune_malloc, uses_cuda
@@ -83,9 +84,11 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> dict[st
         with open_dict(cfg):  # resume=auto and Lightning's names -> the file it starts from
             cfg.ckpt_path = resolve_checkpoint(cfg)
         # gpu: what this job was given (local_gpus, Ray, SLURM all set CUDA_VISIBLE_DEVICES)
-        record.update(overrides=job_overrides(), resumed_from=cfg.ckpt_path,
-                      device=str(cfg.trainer.get("accelerator", "auto")),
+        accelerator = str(cfg.trainer.get("accelerator", "auto"))
+        record.update(overrides=job_overrides(), resumed_from=cfg.ckpt_path, device=accelerator,
                       gpu=os.environ.get("CUDA_VISIBLE_DEVICES"))
+        if record.writer:  # the code and libraries that ran (git.diff beside run.json if dirty)
+            record.update(**provenance(cfg.paths.output_dir, accelerator, record.previous))
         metrics = _run(cfg, extra_callbacks)
         record.update(metrics=metrics)
         return metrics
