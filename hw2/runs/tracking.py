@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 PARENT_FILE = "mlflow_parent.json"
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own tag for a nested run
+# MLflow 3's UI opens an experiment without this tag on its GenAI (traces) pages
+KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
 STATUS = {"finished": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
 
 
@@ -88,6 +90,12 @@ def experiment_id(mlflow: Any, name: str, artifact_location: str | None) -> str:
         return str(found.experiment_id)
 
 
+def mark_training_experiment(mlflow: Any, exp_id: str) -> None:
+    """Tag the experiment as model training, so the UI opens on its runs and their metrics."""
+    if KIND_TAG not in mlflow.get_experiment(exp_id).tags:
+        mlflow.set_experiment_tag(exp_id, KIND_TAG, KIND)
+
+
 def mlflow_logger_kwargs(node: DictConfig, run_dir: Path, previous: dict[str, Any]
                          ) -> dict[str, Any]:
     """Arguments for Lightning's MLFlowLogger beyond its config: the absolute store, the run of
@@ -124,6 +132,7 @@ def started_mlflow_run(logger: Any, uri: str, resumed: bool) -> dict[str, Any]:
     run_id = logger.run_id  # creates the run (and the experiment) when new
     if resumed:
         logger.experiment.update_run(run_id, status="RUNNING")
+    mark_training_experiment(logger.experiment, logger.experiment_id)
     return {"mlflow_run_id": run_id, "mlflow_tracking_uri": uri,
             "mlflow_experiment_id": logger.experiment_id}
 
@@ -178,6 +187,7 @@ def ensure_sweep_parent(sweep_dir: Path, node: DictConfig, experiment_name: str)
     from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
     exp = experiment_id(mlflow, experiment_name, location)
+    mark_training_experiment(mlflow, exp)
     run = mlflow.create_run(exp, tags={MLFLOW_RUN_NAME: f"sweep {sweep_dir.name}",
                                        "hw2.sweep_dir": str(sweep_dir)})
     sweep_dir.mkdir(parents=True, exist_ok=True)
