@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -232,11 +233,7 @@ def wandb_logger_kwargs(node: DictConfig, run_dir: Path, previous: dict[str, Any
     """The W&B run id of this run directory (an earlier attempt's, else a new one) with
     resume="allow", so a resumed run continues the same W&B run; the run directory's name as
     the run name."""
-    run_id = previous.get("wandb_run_id")
-    if not run_id:
-        from wandb.util import generate_id
-
-        run_id = generate_id()
+    run_id = previous.get("wandb_run_id") or secrets.token_hex(4)  # W&B ids: [a-z0-9]
     kwargs: dict[str, Any] = {"id": run_id, "resume": "allow"}
     if node.get("name") is None:
         kwargs["name"] = run_dir.name
