@@ -4,19 +4,30 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from hw2.config import CONF_DIR
 from hw2.runs import tracking
-from hw2.runs.checkpoints import check_resume_data, load_for_data, resume_hparams
+from hw2.runs.checkpoints import (
+    check_resume_data,
+    check_task,
+    last_checkpoint,
+    load_for_data,
+    monitored_best,
+    read_checkpoint,
+    resume_hparams,
+    task_of,
+)
 from hw2.runs.provenance import provenance
 from hw2.runs.record import RunRecord, job_overrides, read_record, recorded_run
 from hw2.runs.resume import keep_csv_rows, logging_step, resolve_checkpoint
@@ -64,12 +75,17 @@ def describe(cfg: DictConfig) -> str:
 
         choices = HydraConfig.get().runtime.choices
         picked = " ".join(f"{k}={v}" for k, v in choices.items()
-                          if v is not None and not k.startswith("hydra"))
+                          if v is not None and not k.startswith("hydra") and _exists(k, v))
     except ValueError:
         picked = ""
     keys = {g: {k: v for k, v in OmegaConf.to_container(cfg[g]).items() if k != "_target_"}
             for g in ("model", "data") if g in cfg}
     return f"{picked}\n{OmegaConf.to_yaml(keys)}"
+
+
+def _exists(group: str, option: str) -> bool:
+    """An optional default with no file for this task (experiment=cnn_first_run) is no choice."""
+    return not (CONF_DIR / group).is_dir() or (CONF_DIR / group / f"{option}.yaml").is_file()
 
 
 def scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -133,6 +149,7 @@ def _run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback], record: RunRec
 
     log.info("config:\n%s", describe(cfg))
     datamodule: pl.LightningDataModule = instantiate(cfg.data)
+    pretrained = start_from(cfg, datamodule) if cfg.get("train") else None
     if cfg.get("train"):
         # a resumed fit: the checkpoint is of this task (before the data loads) and of this data
         resumed = resume_hparams(ckpt_path, cfg.model._target_) if ckpt_path not in (
@@ -145,6 +162,11 @@ def _run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback], record: RunRec
         model: pl.LightningModule = instantiate(
             cfg.model, **datamodule.model_kwargs(), _convert_="all"
         )
+        if pretrained is not None and ckpt_path is None:  # a resume restores its own weights
+            new = model.load_pretrained(pretrained["state_dict"],  # type: ignore[operator]
+                                        pretrained["hyper_parameters"]["vocab"])
+            log.info("init_from=%s: weights loaded%s", cfg.init_from,
+                     f"; new rows for {''.join(new)!r}" if new else "")
     elif ckpt_path is None:
         raise ValueError("train=false needs ckpt_path=<checkpoint> to test")
     else:  # test-only: the checkpoint's own network, checked against the data
@@ -162,14 +184,8 @@ def _run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback], record: RunRec
         fit(cfg, trainer, model, datamodule, ckpt_path)
         metrics.update(scalars(trainer.callback_metrics))
     if cfg.get("test"):
-        if cfg.get("train"):
-            cb = trainer.checkpoint_callback
-            test_ckpt = "best" if cb is not None and cb.best_model_path else None
-            if test_ckpt is None:
-                log.warning("no best checkpoint (no validation, or callbacks=none): testing "
-                            "the last weights")
-        else:
-            test_ckpt = None  # load_for_data loaded the weights
+        test_ckpt = tested_checkpoint(trainer) if cfg.get("train") else None
+        # test-only: load_for_data loaded the weights
         trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt)
         metrics.update(scalars(trainer.callback_metrics))
 
@@ -189,6 +205,46 @@ def _run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback], record: RunRec
         logger.save()
     report(cfg, trainer, metrics, record.data)
     return metrics
+
+
+def start_from(cfg: DictConfig, datamodule: pl.LightningDataModule) -> dict[str, Any] | None:
+    """`init_from=<ckpt>` (fine-tuning): the checkpoint, after fixing what the model is built
+    from: the checkpoint's vocabulary (extended by the data) and its network architecture."""
+    path = cfg.get("init_from")
+    if not path:
+        return None
+    cls = get_class(cfg.model._target_)
+    if not hasattr(cls, "load_pretrained"):
+        raise ValueError(f"init_from={path}: fine-tuning from a checkpoint is offered for "
+                         "task=charlm only")
+    state = read_checkpoint(path)
+    hparams = state.get("hyper_parameters", {})
+    check_task(path, hparams, cls)
+    datamodule.start_vocab_from(hparams["vocab"])  # type: ignore[attr-defined]
+    with open_dict(cfg):
+        cfg.model.net = cls.pretrained_net(cfg.model.net, hparams)
+    return state
+
+
+def tested_checkpoint(trainer: pl.Trainer) -> str | None:
+    """After a fit, the checkpoint to test: the best one (`monitored_best`), else None (the
+    last weights, in memory). Testing the last weights is said at info level when the config
+    asks for it (no validation data, or no checkpoint ranked by a metric: callbacks=none), and
+    as a warning when the run validated yet kept no best checkpoint (it stopped before its
+    first validation, or never had finite weights to save)."""
+    best = monitored_best(trainer.checkpoint_callbacks)
+    if best is not None:
+        return str(best.path)
+    if not any(cb.monitor for cb in trainer.checkpoint_callbacks):
+        log.info("no checkpoint ranked by a metric (callbacks=none or no model_checkpoint): "
+                 "testing the last weights")
+    elif not sum(trainer.num_val_batches):
+        log.info("no validation data: testing the last weights")
+    else:
+        log.warning("no best checkpoint although the run has validation data (it ended before "
+                    "its first validation, or its weights were never finite): testing the last "
+                    "weights")
+    return None
 
 
 def make_loggers(cfg: DictConfig, purge_step: int | None = None,
@@ -264,7 +320,7 @@ def fit(cfg: DictConfig, trainer: pl.Trainer, model: pl.LightningModule,
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except SIGTERMException:
-        last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        last = last_checkpoint(cfg.paths.output_dir)
         saved = f"saved {last}" if last.is_file() else "no checkpoint saved"
         print(f"\ninterrupted by SIGTERM at step {trainer.global_step}: {saved}; run the same "
               "command again to resume (resume=auto)", flush=True)
@@ -281,13 +337,35 @@ def report(cfg: DictConfig, trainer: pl.Trainer, metrics: Mapping[str, float],
               if k.startswith(("train/", "val/", "test/", "best/"))]
     out = Path(cfg.paths.output_dir)
     lines.append(f"run directory: {out}")
+    best = monitored_best(trainer.checkpoint_callbacks)
+    if best is not None:
+        lines.append(f"best by {best.monitor} checkpoint: {best.path}")
     for cb in trainer.checkpoint_callbacks:
-        if cb.best_model_path:
-            kind = f"best by {cb.monitor}" if cb.monitor else "last"
-            lines.append(f"{kind} checkpoint: {cb.best_model_path}"
-                         + ("" if cb.monitor else " (a run in this directory continues "
-                                                  "from it: resume=auto)"))
+        if not cb.monitor and cb.best_model_path:  # a callback without a metric keeps the latest
+            lines.append(f"last checkpoint: {cb.best_model_path} (a run in this directory "
+                         "continues from it: resume=auto)")
     if any(isinstance(lg, TensorBoardLogger) for lg in trainer.loggers):
         lines.append(f"inspect: tensorboard --logdir {out.parent}")
     lines += tracking.where_to_look(dict(record or {}))
     print("\n".join(lines), flush=True)
+    sample = cfg.get("sample_at_end")
+    if sample and best is not None and task_of(trainer.lightning_module.hparams) == "CharLM":
+        print(sample_report(best.path, **sample), flush=True)
+
+
+def sample_report(ckpt: Path, prime: str = "ROMEO", length: int = 250, temperature: float = 0.8,
+                  seed: int | None = 0) -> str:
+    """A sample of `ckpt` (what the model learned, read at a glance) and the command that
+    generates more from it."""
+    from hw2.inference import generate  # here: a run that samples nothing never imports it
+
+    try:
+        text = generate(ckpt, prime=str(prime), length=int(length),
+                        temperature=float(temperature), seed=seed)
+    except ValueError as e:  # a prime outside the vocabulary: the run still ends well
+        return f"\nno sample (sample_at_end): {e}"
+    seed_arg = "null" if seed is None else seed
+    command = (f"python generate.py ckpt={shlex.quote(str(ckpt))} prime={shlex.quote(str(prime))}"
+               f" length=500 temperature={temperature} seed={seed_arg}")
+    return (f"\nsample of the best checkpoint (prime {prime!r}, temperature {temperature}, "
+            f"seed {seed_arg}):\n{text}\n\nmore: {command}")

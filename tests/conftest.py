@@ -1,21 +1,17 @@
-"""Shared fixtures: compose the real Hydra config the way `train.py` does, into a tmp run dir."""
+"""Shared fixtures: compose the real Hydra config the way `train.py` does, into a tmp run dir;
+small texts; the SLURM test cluster. Plain helpers live in tests/helpers/."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 from omegaconf import DictConfig
 
-from hw2.config import CONF_DIR, compose_config
-
-ROOT = Path(__file__).resolve().parents[1]
-CONF = CONF_DIR
-
-
-def compose_train(overrides: Sequence[str], output_dir: Path) -> DictConfig:
-    return compose_config(overrides, output_dir)
+from hw2.config import compose_config
+from tests.helpers import slurm_cluster as slurm
+from tests.helpers.texts import write_plays
 
 
 @pytest.fixture
@@ -27,7 +23,7 @@ def compose_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
         out.mkdir(parents=True, exist_ok=True)
         defaults = [f"paths.root_dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}",
                     "callbacks.progress_bar.refresh_rate=0"]
-        return compose_train([*defaults, *overrides], out)
+        return compose_config([*defaults, *overrides], out)
 
     return _compose
 
@@ -35,13 +31,11 @@ def compose_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
 @pytest.fixture
 def small_text(tmp_path: Path) -> Path:
     """A small text with Shakespeare's shape (speaker lines, verse), ~20 kB."""
-    speakers = ["ROMEO", "JULIET", "MERCUTIO", "NURSE"]
-    lines = ["But soft, what light through yonder window breaks?",
-             "It is the east, and Juliet is the sun.",
-             "A plague o' both your houses!",
-             "Parting is such sweet sorrow."]
-    parts = [f"{speakers[i % 4]}:\n{lines[i % 4]}\n{lines[(i * 3 + 1) % 4]}\n"
-             for i in range(160)]
-    path = tmp_path / "small.txt"
-    path.write_text("\n".join(parts), encoding="utf-8")
-    return path
+    return write_plays(tmp_path / "small.txt", 160)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[slurm.SlurmCluster]:
+    """A one-node SLURM cluster on this machine for the whole session (tests/helpers)."""
+    with slurm.slurm_cluster(tmp_path_factory.mktemp("slurm")) as cluster:
+        yield cluster

@@ -18,6 +18,7 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 
+from hw2.config import compose_config
 from hw2.data.corpus import IambicPlays, TinyShakespeare
 from hw2.data.vocab import Vocab
 from hw2.inference import predict
@@ -26,7 +27,7 @@ from hw2.models.classifier import ImageClassifier
 from hw2.runs.checkpoints import CheckpointError, load_module
 from hw2.train import run
 from hw2.utils.fileio import UnwritablePathError, atomic_write_bytes, writable_dir
-from tests.conftest import ROOT, compose_train
+from tests.helpers.paths import ROOT
 
 TEXT = "ROMEO:\nBut soft, what light through yonder window breaks?\n\n" * 40
 CLASSES = ["bread", "egg", "soup"]
@@ -275,8 +276,8 @@ def test_unwritable_cache_dir(tmp_path: Path) -> None:
 def test_unwritable_output_dir(tmp_path: Path, small_text: Path) -> None:
     blocker = tmp_path / "a_file"
     blocker.write_text("in the way")
-    cfg = compose_train([f"paths.root_dir={tmp_path}", "data=text_file",
-                         f"data.corpus.path={small_text}"], blocker / "run")
+    cfg = compose_config([f"paths.root_dir={tmp_path}", "data=text_file",
+                          f"data.corpus.path={small_text}"], blocker / "run")
     with pytest.raises(UnwritablePathError, match=rf"cannot write {blocker / 'run'}"):
         run(cfg)
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
+import shlex
 import subprocess
 import sys
 from functools import partial
@@ -14,6 +17,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader
 
+from hw2.config import compose_config
 from hw2.data.char_data import StreamWindows, make_streams
 from hw2.data.vocab import Vocab
 from hw2.inference import generate
@@ -21,8 +25,9 @@ from hw2.models.charlm import CharLM, CharRNN, drop_connect, locked_dropout
 from hw2.runs.checkpoints import load_module
 from hw2.runs.record import read_record
 from hw2.train import run
+from tests.helpers.paths import ROOT
+from tests.helpers.probes import FitProbe, assert_same_tensors
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ["model.net.hidden_size=32", "model.net.embedding_dim=16", "model.net.num_layers=1",
         "data.batch_size=4", "data.seq_len=16"]
 
@@ -247,13 +252,11 @@ def test_sampling_temperature_top_k_and_prime_errors() -> None:
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """One short real run (stream mode, LSTM) through the Hydra config, shared by tests."""
-    from tests.conftest import compose_train
-
     tmp = tmp_path_factory.mktemp("charlm")
     text = tmp / "text.txt"
     text.write_text(("ROMEO:\nBut soft, what light through yonder window breaks?\n\n"
                      "JULIET:\nO Romeo, Romeo, wherefore art thou Romeo?\n\n") * 120)
-    cfg = compose_train(
+    cfg = compose_config(
         [*TINY, "data=text_file", f"data.corpus.path={text}", f"paths.root_dir={tmp}",
          "data.corpus.test_fraction=0.1",
          "trainer.max_epochs=2", "trainer.val_check_interval=1.0", "trainer.precision=32",
@@ -261,7 +264,10 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
          "logger=many"],
         tmp / "run",
     )
-    metrics = run(cfg)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        metrics = run(cfg)
+    (tmp / "stdout.txt").write_text(printed.getvalue(), encoding="utf-8")
     return tmp / "run", metrics
 
 
@@ -301,13 +307,14 @@ def test_training_run_logs_and_checkpoints(trained_run: tuple[Path, dict]) -> No
 
 def test_resume_from_last_checkpoint_continues(trained_run: tuple[Path, dict], tmp_path: Path
                                                ) -> None:
-    from tests.conftest import compose_train
-
+    """`ckpt_path=<2-epoch last.ckpt>` with max_epochs=3: the fit starts at that checkpoint's
+    step and epoch, with its weights and AdamW moments, and trains the third epoch only."""
     out, _ = trained_run
     text = out.parent / "text.txt"
     last = out / "checkpoints" / "last.ckpt"
-    steps_before = torch.load(last, weights_only=False)["global_step"]
-    cfg = compose_train(
+    saved = torch.load(last, weights_only=False)
+    steps_before = saved["global_step"]
+    cfg = compose_config(
         [*TINY, "data=text_file", f"data.corpus.path={text}", f"paths.root_dir={tmp_path}",
          "data.corpus.test_fraction=0.1", "trainer.max_epochs=3", "trainer.precision=32",
          "callbacks.progress_bar.refresh_rate=0",
@@ -315,7 +322,13 @@ def test_resume_from_last_checkpoint_continues(trained_run: tuple[Path, dict], t
          f"ckpt_path={last}", "test=false"],
         tmp_path / "resumed",
     )
-    run(cfg)
+    probe = FitProbe()
+    run(cfg, extra_callbacks=[probe])
+    assert (probe.step, probe.epoch) == (steps_before, 2)
+    assert probe.batches == steps_before // 2  # one epoch: the third
+    assert_same_tensors(probe.weights, saved["state_dict"], "weights")
+    assert_same_tensors(probe.optimizer, saved["optimizer_states"][0], "optimizer")
+    assert probe.optimizer["state"][0]["step"] == steps_before  # AdamW's own count went on
     resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=False)
     assert resumed["epoch"] == 2 and resumed["global_step"] == steps_before * 3 // 2
 
@@ -330,14 +343,33 @@ def test_generate_from_checkpoint(trained_run: tuple[Path, dict]) -> None:
     assert model.vocab.chars == sorted(set(model.vocab.chars)) and "R" in model.vocab.index
 
 
+def test_run_ends_with_a_sample_and_the_command_for_more(trained_run: tuple[Path, dict]
+                                                         ) -> None:
+    """sample_at_end: the run's last lines are a sample of the best checkpoint primed with
+    ROMEO and a generate.py command that reproduces it and goes on (same seed)."""
+    out, metrics = trained_run
+    printed = (out.parent / "stdout.txt").read_text(encoding="utf-8")
+    head, _, sample_and_command = printed.partition("sample of the best checkpoint (prime 'ROMEO'")
+    assert "final metrics:" in head and sample_and_command, printed[-2000:]
+    sample = sample_and_command.split("\n", 1)[1].rsplit("\n\nmore: ", 1)[0]
+    assert sample.startswith("ROMEO") and len(sample) == len("ROMEO") + 250
+    command = printed.rstrip("\n").rsplit("\n", 1)[1]
+    assert command.startswith("more: python generate.py ckpt=")
+    args = shlex.split(command.removeprefix("more: "))
+    ckpt = Path(args[2].removeprefix("ckpt="))
+    best = [p for p in (out / "checkpoints").iterdir() if p.name != "last.ckpt"]
+    assert [ckpt] == best  # the best checkpoint, the one tested
+    assert args[3:] == ["prime=ROMEO", "length=500", "temperature=0.8", "seed=0"]
+    more = subprocess.run([sys.executable, *args[1:]], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert more.returncode == 0, more.stderr
+    assert more.stdout.startswith(sample)
+    assert len(more.stdout) == len("ROMEO") + 500 + 1  # and print's line break
+
+
 def test_generate_cli_and_its_errors(trained_run: tuple[Path, dict], tmp_path: Path) -> None:
     out, _ = trained_run
     ckpt = out / "checkpoints" / "last.ckpt"
-    ok = subprocess.run([sys.executable, "generate.py", f"ckpt={ckpt}", "prime=ROMEO",
-                         "length=30", "seed=0", "temperature=0"],
-                        cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert ok.returncode == 0, ok.stderr
-    assert ok.stdout.strip().startswith("ROMEO") and len(ok.stdout.rstrip("\n")) >= 35
     bad = subprocess.run([sys.executable, "generate.py", f"ckpt={ckpt}", "prime=ZQX",
                           "length=5"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "not in the vocabulary" in bad.stderr and "'Z'" in bad.stderr
@@ -357,13 +389,11 @@ def test_last_checkpoint_is_the_latest_state_even_without_improvement(
         tmp_path: Path, small_text: Path) -> None:
     """lr=0: val BPC never improves, so the best checkpoint stays at the first validation,
     but last.ckpt must still hold the final step (Lightning 2.6's save_last alone does not)."""
-    from tests.conftest import compose_train
-
-    cfg = compose_train([*TINY, "data=text_file", f"data.corpus.path={small_text}",
-                         f"paths.root_dir={tmp_path}", "trainer.max_epochs=3",
-                         "trainer.val_check_interval=1.0", "model.optimizer.lr=0",
-                         "trainer.precision=32", "callbacks.progress_bar.refresh_rate=0",
-                         "test=false"], tmp_path / "run")
+    cfg = compose_config([*TINY, "data=text_file", f"data.corpus.path={small_text}",
+                          f"paths.root_dir={tmp_path}", "trainer.max_epochs=3",
+                          "trainer.val_check_interval=1.0", "model.optimizer.lr=0",
+                          "trainer.precision=32", "callbacks.progress_bar.refresh_rate=0",
+                          "test=false"], tmp_path / "run")
     run(cfg)
     ckpts = tmp_path / "run" / "checkpoints"
     last = torch.load(ckpts / "last.ckpt", weights_only=False)
@@ -389,11 +419,9 @@ def test_dropout_ramp_moves_the_rate_with_the_step(tmp_path: Path) -> None:
     """A short real run: the rate logged before every step follows start -> end over the
     run's steps, and the network ends at the last step's rate."""
     from hw2.callbacks.dropout_ramp import DropoutRamp
-    from tests.conftest import compose_train
-
     text = tmp_path / "text.txt"
     text.write_text("To be, or not to be, that is the question:\n" * 60)
-    cfg = compose_train(
+    cfg = compose_config(
         [*TINY, "model.net.num_layers=2", "model.net.dropout=0.25", "data=text_file",
          f"data.corpus.path={text}", f"paths.root_dir={tmp_path}", "+trainer.max_steps=10",
          "trainer.max_epochs=-1", "trainer.log_every_n_steps=1", "trainer.precision=32",

@@ -12,22 +12,11 @@ import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from hw2.config import compose_config
 from hw2.train import run
+from tests.helpers.photos import CLASSES, make_photos
 
-CLASSES = ["bread", "egg", "soup"]
 LAYERS = ("conv1", "conv2", "conv3", "fc")
-
-
-def make_photos(root: Path) -> Path:
-    """3 classes x (6 train, 2 test) coloured 40x36 JPEGs, one greyscale."""
-    for c, name in enumerate(CLASSES):
-        for split, n in (("train", 6), ("test", 2)):
-            for i in range(n):
-                path = root / split / name / f"{i}.jpg"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                mode, colour = ("L", 90) if (c, i) == (0, 0) else ("RGB", (80 * c, 60 + 20 * i, 40))
-                Image.new(mode, (40, 36), colour).save(path)
-    return root
 
 
 def read_tags(run_dir: Path) -> dict[str, set[str]]:
@@ -152,21 +141,21 @@ def make_separable(root: Path, n: int = 8) -> Path:
 @pytest.mark.slow
 def test_cnn_learns_a_separable_task(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Through train.py's whole path: a colour-coded task must be learned (chance is 1/3)."""
-    from tests.conftest import compose_train
-
     data = make_separable(tmp_path / "photos")
-    cfg = compose_train(["task=cnn", f"data.root={data}", "data.image_size=16",
-                         "data.batch_size=8", "trainer.accelerator=cpu", "trainer.max_epochs=10",
-                         "trainer.num_sanity_val_steps=0", "trainer.enable_model_summary=false",
-                         "trainer.precision=32", "model.channels_last=false",
-                         "model.optimizer.lr=1e-2", "model.net.channels=[8,8,8]",
-                         "callbacks=none", "logger=csv", "+trainer.enable_progress_bar=false",
-                         f"paths.root_dir={tmp_path}"], tmp_path / "run")
-    with caplog.at_level(logging.WARNING, logger="hw2.train"):
+    cfg = compose_config(["task=cnn", f"data.root={data}", "data.image_size=16",
+                          "data.batch_size=8", "trainer.accelerator=cpu", "trainer.max_epochs=10",
+                          "trainer.num_sanity_val_steps=0", "trainer.enable_model_summary=false",
+                          "trainer.precision=32", "model.channels_last=false",
+                          "model.optimizer.lr=1e-2", "model.net.channels=[8,8,8]",
+                          "callbacks=none", "logger=csv", "+trainer.enable_progress_bar=false",
+                          f"paths.root_dir={tmp_path}"], tmp_path / "run")
+    with caplog.at_level(logging.INFO, logger="hw2.train"):
         metrics = run(cfg)
     assert metrics["test/acc"] >= 0.9, metrics
     assert not (tmp_path / "run" / "checkpoints").exists()  # callbacks=none: no checkpoints
     assert "testing the last weights" in caplog.text  # test-after-fit says what it tests
+    # callbacks=none is asked for: said at info level, not as a warning
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
 
 
 def test_no_validation_keeps_last_checkpoint_and_tests_last_weights(
@@ -174,11 +163,9 @@ def test_no_validation_keeps_last_checkpoint_and_tests_last_weights(
         recwarn: pytest.WarningsRecorder) -> None:
     """`data.val_fraction=0` (every photo trains): no best checkpoint and no per-epoch
     'monitored key' warning; last.ckpt is kept and the final weights are tested."""
-    from tests.conftest import compose_train
-
     data = make_photos(tmp_path / "photos")
-    cfg = compose_train([*COMMON, f"data.root={data}", "data.val_fraction=0", "logger=csv",
-                         "trainer.precision=32", f"paths.root_dir={tmp_path}"], tmp_path / "run")
+    cfg = compose_config([*COMMON, f"data.root={data}", "data.val_fraction=0", "logger=csv",
+                          "trainer.precision=32", f"paths.root_dir={tmp_path}"], tmp_path / "run")
     with caplog.at_level(logging.INFO):
         metrics = run(cfg)
     assert "test/acc" in metrics and "val/acc" not in metrics
@@ -186,6 +173,9 @@ def test_no_validation_keeps_last_checkpoint_and_tests_last_weights(
     assert caplog.text.count("no validation data: no best checkpoint by val/acc") == 1
     assert "testing the last weights" in caplog.text
     assert not [w for w in recwarn if "could not find the monitored key" in str(w.message)]
+    # no validation is asked for (val_fraction=0, as experiment=cnn_recipe): nothing warns
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING
+                and r.name.startswith("hw2")], caplog.text
 
 
 def test_train_py_takes_the_plain_loops_steps(tmp_path: Path, compose_cfg: Callable) -> None:

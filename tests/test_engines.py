@@ -21,9 +21,11 @@ import pytest
 import torch
 
 from hw2.runs.record import read_record, status_of
-from tests.slurm_cluster import SlurmCluster, slurm_cluster  # noqa: F401 - the fixture
+from tests.helpers.paths import ROOT
+from tests.helpers.photos import make_photos
+from tests.helpers.slurm_cluster import SlurmCluster
+from tests.helpers.texts import write_plays
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ["model.net.hidden_size=32", "model.net.embedding_dim=16", "model.net.num_layers=1",
         "model.net.dropout=0", "data.seq_len=16", "data.batch_size=4",
         "callbacks.progress_bar.refresh_rate=0", "callbacks.text_sample.length=20",
@@ -32,16 +34,6 @@ TINY = ["model.net.hidden_size=32", "model.net.embedding_dim=16", "model.net.num
         "model.optimizer.lr=0.01"]
 
 pytestmark = pytest.mark.slow
-
-
-def write_text(path: Path, n: int = 400) -> Path:
-    speakers = ["ROMEO", "JULIET", "MERCUTIO", "NURSE"]
-    lines = ["But soft, what light through yonder window breaks?",
-             "It is the east, and Juliet is the sun.",
-             "A plague o' both your houses!", "Parting is such sweet sorrow."]
-    path.write_text("\n".join(f"{speakers[i % 4]}:\n{lines[i % 4]}\n{lines[(i * 3 + 1) % 4]}\n"
-                              for i in range(n)), encoding="utf-8")
-    return path
 
 
 def train_cmd(overrides: Sequence[str], tmp: Path, multirun: bool = False) -> list[str]:
@@ -65,7 +57,7 @@ def test_gpu_pool_sweep_distinct_devices_kill_frees_device(tmp_path: Path) -> No
     """4 jobs, 2 fake devices, 2 parallel loky workers, window batches with a DataLoader worker
     inside every job; job 0 is SIGKILLed mid-run. From the jobs' run.json: overlapping jobs
     held distinct devices, the killed job's device went to a later job, the others finished."""
-    text = write_text(tmp_path / "t.txt")
+    text = write_plays(tmp_path / "t.txt", 400)
     sweep = tmp_path / "sweep"
     cmd = train_cmd([*TINY, "launcher=local_gpus", "gpu_pool=[0,1]",
                      f"gpu_lock_dir={tmp_path / 'locks'}", "hydra.launcher.n_jobs=2",
@@ -129,7 +121,7 @@ def test_ray_sweep_jobs_get_distinct_logical_gpus(tmp_path: Path) -> None:
     """A local Ray with 2 logical GPUs runs 4 jobs, 2 at a time, each asking for one GPU: jobs
     that overlap see distinct CUDA_VISIBLE_DEVICES and every result comes back; each job
     loads its batches through a DataLoader worker inside the Ray worker."""
-    text = write_text(tmp_path / "t.txt")
+    text = write_plays(tmp_path / "t.txt", 400)
     sweep = tmp_path / "sweep"
     res = subprocess.run(
         train_cmd([*TINY, "launcher=ray", "hydra.launcher.ray.init.num_gpus=2",
@@ -169,14 +161,14 @@ def submitit_job_ids(sweep: Path) -> list[str]:
 
 def slurm_sweep_cmd(tmp_path: Path, sweep: Path, *overrides: str) -> list[str]:
     """A tiny CharLM `launcher=slurm` sweep into `sweep`, on a text made here."""
-    text = write_text(tmp_path / "t.txt")
+    text = write_plays(tmp_path / "t.txt", 400)
     return train_cmd([*TINY, *SLURM_CPU, f"hydra.sweep.dir={sweep}", "data=text_file",
                       f"data.corpus.path={text}", "+trainer.limit_val_batches=5", *overrides],
                      tmp_path, multirun=True)
 
 
 def test_slurm_sweep_through_sbatch_comes_back(
-        slurm_cluster: SlurmCluster, tmp_path: Path) -> None:  # noqa: F811 - the fixture
+        slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
     """`launcher=slurm` submits a 2-job sweep with sbatch to the one-node cluster (2 GPUs of
     gres); both jobs run at once on distinct GPUs and their results come back."""
     sweep = tmp_path / "sweep"
@@ -200,7 +192,7 @@ def test_slurm_sweep_through_sbatch_comes_back(
 
 
 def test_slurm_requeued_job_resumes_from_its_checkpoint(
-        slurm_cluster: SlurmCluster, tmp_path: Path) -> None:  # noqa: F811 - the fixture
+        slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
     """SIGUSR1 to a running `launcher=slurm` job (what SLURM sends before a preemption or the
     time limit): Lightning saves hpc_ckpt_1.ckpt in the run directory and requeues the job
     with `scontrol requeue`; the second attempt restores it and finishes the run."""
@@ -262,7 +254,7 @@ def test_ddp_stream_val_bpc_equals_single_process(tmp_path: Path) -> None:
     """Stream-mode CharLM: 2 DDP processes with 4 streams each train and validate on the same
     8 streams as one process with 8; each rank's share of the characters is all-reduced
     (weighted by characters), so validation and test BPC agree with the single process."""
-    text = write_text(tmp_path / "t.txt")
+    text = write_plays(tmp_path / "t.txt", 400)
     common = [*TINY, "data=text_file", f"data.corpus.path={text}", "+trainer.max_steps=20",
               "data.corpus.test_fraction=0.1",
               "trainer.val_check_interval=20", "trainer.num_sanity_val_steps=0"]
@@ -296,8 +288,6 @@ def test_ddp_prepares_data_once_per_node(tmp_path: Path) -> None:
 
 
 def test_ddp_trains_the_cnn(tmp_path: Path) -> None:
-    from tests.test_cnn_train import make_photos
-
     photos = make_photos(tmp_path / "photos")
     rec, out = train_once(["task=cnn", *DDP_CPU, "data=image_folder", f"data.root={photos}",
                            "data.image_size=32", "data.batch_size=2", "trainer.max_epochs=2",

@@ -1,8 +1,8 @@
 """Fault drills on real `python train.py` processes: SIGKILL mid-epoch and resume (both tasks,
 with validation and checkpoints inside the epoch), SIGKILL inside a checkpoint save, SIGTERM
 (pre-emption), and a non-finite loss. Each resumed run must end exactly where an uninterrupted
-run with the same seed ends (trainer.deterministic=true). Faults come from `tests.faults.Fault`,
-added through the config like any callback."""
+run with the same seed ends (trainer.deterministic=true). Faults come from
+`tests.helpers.faults.Fault`, added through the config like any callback."""
 
 from __future__ import annotations
 
@@ -17,27 +17,18 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from hw2.runs.record import read_record, status_of
+from tests.helpers.drills import CHAR, curves, fault, run_dir, step_of, write_drill_text
+from tests.helpers.paths import ROOT
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
-CHAR = ["data=text_file", "model.net.hidden_size=32", "model.net.embedding_dim=16",
-        "model.net.num_layers=1",
-        "data.batch_size=4", "data.seq_len=16", "trainer.max_epochs=2",
-        "trainer.val_check_interval=0.25", "callbacks.text_sample.length=20"]
 CNN = ["task=cnn", "data.image_size=32", "data.batch_size=4", "trainer.accelerator=cpu",
        "trainer.max_epochs=2", "trainer.log_every_n_steps=1", "trainer.val_check_interval=0.5",
        "model.l2=1e-3"]
 COMMON = ["trainer.deterministic=true", "trainer.enable_model_summary=false",
           "callbacks.progress_bar.refresh_rate=0", "logger=many"]
-
-
-def fault(kind: str, **where: int) -> list[str]:
-    return ["+callbacks.fault._target_=tests.faults.Fault", f"+callbacks.fault.kind={kind}",
-            *(f"+callbacks.fault.{k}={v}" for k, v in where.items())]
 
 
 def train(args: list[str], logs: Path, name: str) -> subprocess.CompletedProcess:
@@ -46,23 +37,8 @@ def train(args: list[str], logs: Path, name: str) -> subprocess.CompletedProcess
                           stderr=subprocess.STDOUT, text=True, timeout=600)
 
 
-def run_dir(logs: Path, task: str, name: str) -> Path:
-    return logs / task / "runs" / name
-
-
 def metrics(path: Path) -> dict[str, float]:
     return json.loads((path / "run.json").read_text())["metrics"]
-
-
-def curves(path: Path) -> dict[str, list[tuple[int, float]]]:
-    events = EventAccumulator(str(path / "tensorboard"), size_guidance={"scalars": 0})
-    events.Reload()
-    return {tag: [(e.step, e.value) for e in events.Scalars(tag)]
-            for tag in events.Tags()["scalars"] if not tag.startswith("hp/")}
-
-
-def step_of(ckpt: Path) -> int:
-    return torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]
 
 
 def no_temp_files(path: Path) -> bool:
@@ -71,14 +47,7 @@ def no_temp_files(path: Path) -> bool:
 
 @pytest.fixture(scope="module")
 def text(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """1,600 characters: 4 streams x 25 windows of 16 per epoch, validation every 6."""
-    lines = ["But soft, what light through yonder window breaks?", "A plague o' both your houses!",
-             "It is the east, and Juliet is the sun.", "Parting is such sweet sorrow."]
-    body = "".join(f"{['ROMEO', 'JULIET', 'NURSE'][i % 3]}:\n{lines[(i * 7) % 4]}\n"
-                   for i in range(60))
-    path = tmp_path_factory.mktemp("text") / "play.txt"
-    path.write_text(body[:1600], encoding="utf-8")
-    return path
+    return write_drill_text(tmp_path_factory.mktemp("text") / "play.txt")
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +117,26 @@ def test_cnn_sigkill_mid_epoch_resumes_to_the_same_end(photos: Path, tmp_path: P
     resumed = train(args, tmp_path, "cut")
     assert resumed.returncode == 0, resumed.stdout[-3000:]
     assert_same_run(out, run_dir(tmp_path, "cnn", "full"))
+
+
+def test_cnn_from_the_photo_cache_resumes_to_the_same_end(photos: Path, tmp_path: Path) -> None:
+    """data.cache=true with random crops and colour jitter: the killed run's cache is reused
+    and the resumed run trains on the same batches in the same order."""
+    args = [*CNN, f"data.root={photos}", "data.cache=true", "data.augment=strong",
+            f"paths.cache_dir={tmp_path / 'cache'}"]
+    full = train(args, tmp_path, "full")
+    assert full.returncode == 0, full.stdout[-3000:]
+    assert "building the photo cache" in full.stdout
+    plain = train([*CNN, f"data.root={photos}", "data.augment=strong"], tmp_path, "plain")
+    assert plain.returncode == 0, plain.stdout[-3000:]
+    assert curves(run_dir(tmp_path, "cnn", "full"))["train/loss"] != \
+        curves(run_dir(tmp_path, "cnn", "plain"))["train/loss"]  # the cache path did train
+    killed = train([*args, *fault("kill", at_step=14)], tmp_path, "cut")
+    assert killed.returncode == -signal.SIGKILL
+    resumed = train(args, tmp_path, "cut")
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    assert "building the photo cache" not in killed.stdout + resumed.stdout
+    assert_same_run(run_dir(tmp_path, "cnn", "cut"), run_dir(tmp_path, "cnn", "full"))
 
 
 def test_weight_averaging_resumes_to_the_same_end(charlm_args: list[str], charlm_full: Path,

@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 
 from hw2.runs.record import read_record
 from hydra_plugins.hw2_optuna_sweeper.optuna_sweeper import STALE, OptunaSweeper, search_space
-from tests.test_report import TINY_CHARLM, sweep
+from tests.helpers.sweeps import TINY_CHARLM, sweep
 
 
 def test_search_space_uses_the_optuna_sweeper_syntax() -> None:

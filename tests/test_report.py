@@ -6,8 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,8 +15,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from hw2.report import build_report, group_table
 from hw2.report.groups import Group, compare, group_runs
 from hw2.report.runs import Run, load_runs
-from tests.conftest import ROOT
-from tests.test_cnn_train import make_photos
+from tests.helpers.photos import make_photos
+from tests.helpers.sweeps import TINY_CHARLM, md_rows, sweep
 
 
 def fake_run(tmp_path: Path, name: str, cell: str, seed: int, test_bpc: float) -> Run:
@@ -73,21 +71,6 @@ def event_numbers(run_dir: Path, metric: str, mode: str) -> dict[str, float]:
     return {"final": val[max(val)], "best": pick(val.values()), "test": test[-1]}
 
 
-def md_rows(report: Path) -> dict[str, list[str]]:
-    """The run table of report.md: run name -> cells."""
-    rows = {}
-    for line in report.read_text(encoding="utf-8").splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("| ") and cells[0].isdigit():
-            rows[cells[0]] = cells
-    return rows
-
-
-def sweep(args: list[str], cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "train.py", "-m", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=900)
-
-
 def check_report(sweep_dir: Path, jobs: int, metric: str, mode: str) -> None:
     report = sweep_dir / "report.md"
     rows = md_rows(report)
@@ -104,16 +87,6 @@ def check_report(sweep_dir: Path, jobs: int, metric: str, mode: str) -> None:
     html = (sweep_dir / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 2  # figures embedded, no external files
     assert (sweep_dir / "report_figures").is_dir()
-
-
-TINY_CHARLM = ["data=text_file", "data.corpus.test_fraction=0.1", "model.net.hidden_size=8",
-               "model.net.embedding_dim=4",
-               "model.net.num_layers=1", "data.batch_size=4", "data.seq_len=8",
-               "trainer.max_epochs=1",
-               "+trainer.limit_train_batches=6", "+trainer.limit_val_batches=3",
-               "trainer.val_check_interval=3", "trainer.log_every_n_steps=1",
-               "trainer.num_sanity_val_steps=0", "callbacks.progress_bar.refresh_rate=0",
-               "trainer.enable_model_summary=false"]
 
 
 @pytest.mark.slow

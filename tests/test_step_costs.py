@@ -20,7 +20,7 @@ from hw2.data.image_folders import find_splits
 from hw2.models.classifier import ImageClassifier
 from hw2.models.food_cnn import FoodCNN
 from hw2.train import run
-from tests.test_cnn_train import make_photos
+from tests.helpers.photos import make_photos
 
 
 def test_charlm_logs_train_values_only_on_logger_steps(tmp_path: Path, compose_cfg: Callable,
@@ -150,6 +150,31 @@ def test_malloc_tuning_is_for_cpu_runs_only(monkeypatch: pytest.MonkeyPatch) -> 
     assert uses_cuda("auto")  # auto picks the GPU when there is one: no malloc tuning
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert not uses_cuda("auto")
+
+
+@pytest.mark.parametrize(("overrides", "has_gpu", "tuned"), [
+    (["trainer.accelerator=cpu"], False, True),
+    (["trainer.accelerator=cpu", "tune_malloc=false"], False, False),
+    (["trainer.accelerator=gpu"], False, False),
+    (["trainer.accelerator=cuda"], True, False),
+    (["trainer.accelerator=auto"], True, False),
+    (["trainer.accelerator=auto"], False, True),
+], ids=["cpu", "cpu-off", "gpu", "cuda", "auto-with-gpu", "auto-without-gpu"])
+def test_run_tunes_malloc_only_for_a_cpu_run(overrides: list[str], has_gpu: bool, tuned: bool,
+                                            compose_cfg: Callable,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """`run` calls tune_malloc for a CPU run and never for one that will use a GPU (the
+    process-wide malloc setting is a CPU measure). The run stops right after that decision:
+    train=false test=false is refused before any data loads."""
+    import hw2.train
+
+    calls: list[str] = []
+    monkeypatch.setattr(hw2.train, "tune_malloc", lambda: bool(calls.append("tuned")))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: has_gpu)  # the machine's GPU
+    cfg = compose_cfg([*overrides, "trainer.precision=32", "train=false", "test=false"])
+    with pytest.raises(ValueError, match="nothing to do"):
+        run(cfg)
+    assert calls == (["tuned"] if tuned else [])
 
 
 def test_parameter_histograms_match_tensorboards_without_numpy_blas(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from hw2.runs.record import job_overrides, read_record, recorded_run, status_of
 from hw2.runs.resume import resolve_checkpoint
 from hw2.sweeps.job import SweepDirConflict, run_job
 from hw2.utils.fileio import atomic_write_json
-from tests.test_report import TINY_CHARLM, md_rows, sweep
+from tests.helpers.sweeps import TINY_CHARLM, md_rows, sweep
 
 
 def dead_pid() -> int:

@@ -21,9 +21,9 @@ import pytest
 
 from hw2.runs.record import read_record, status_of
 from hw2.runs.resume import logging_step
-from tests.conftest import ROOT
-from tests.test_faults import CHAR, curves, fault, run_dir, step_of, text  # noqa: F401
-from tests.test_report import TINY_CHARLM, sweep
+from tests.helpers.drills import CHAR, curves, fault, run_dir, step_of, write_drill_text
+from tests.helpers.paths import ROOT
+from tests.helpers.sweeps import TINY_CHARLM, sweep
 
 pytestmark = pytest.mark.slow
 mlflow = pytest.importorskip("mlflow")
@@ -71,6 +71,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         log.close()
 
 
+@pytest.fixture(scope="module")
+def text(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_drill_text(tmp_path_factory.mktemp("text") / "play.txt")
+
+
 def client(url: str):
     from mlflow.tracking import MlflowClient
 
@@ -92,7 +97,7 @@ def train(args: list[str], logs: Path, name: str) -> subprocess.CompletedProcess
 
 
 def test_killed_and_resumed_run_continues_one_mlflow_run_equal_to_tensorboard(
-        server: str, text: Path, tmp_path: Path) -> None:  # noqa: F811
+        server: str, text: Path, tmp_path: Path) -> None:
     experiment = f"killed-{tmp_path.name}"
     args = [*CHAR, f"data.corpus.path={text}", "trainer.log_every_n_steps=1", "logger=mlflow",
             f"logger.mlflow.tracking_uri={server}", f"logger.mlflow.experiment_name={experiment}"]

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import nn
+from torch.utils.data import default_collate
 from torchvision.utils import make_grid
 
 from hw2.callbacks.histograms import tensorboard
@@ -115,7 +116,9 @@ class FeatureMaps(pl.Callback):
         # evenly spread over the split (sorted by class): different classes, same every epoch
         n = min(self.num_images, len(dataset))
         idx = [round(i * (len(dataset) - 1) / max(n - 1, 1)) for i in range(n)]
-        x = torch.stack([dataset[i][0] for i in idx])
+        # finished as the loader's batches are (photos from the photo cache come as uint8)
+        x = trainer.datamodule.on_after_batch_transfer(default_collate([dataset[i] for i in idx]),
+                                                       0)[0]
         return x[:, 0] if x.dim() == 5 else x  # several views per photo: the first
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule

@@ -129,7 +129,13 @@ class CharDataModule(ResumableTrainData):
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.shift_streams = shift_streams
         self.vocab: Vocab | None = None
+        self.base_vocab: Vocab | None = None
         self.ids: dict[str, torch.Tensor] = {}
+
+    def start_vocab_from(self, vocab: dict) -> None:
+        """Fine-tuning (`init_from`): the vocabulary is this one (a checkpoint's), with the
+        training text's new characters appended, instead of one built from scratch."""
+        self.base_vocab = Vocab.from_state_dict(vocab)
 
     def prepare_data(self) -> None:
         prepare = getattr(self.corpus, "prepare", None)
@@ -140,9 +146,18 @@ class CharDataModule(ResumableTrainData):
         if self.vocab is not None:
             return
         texts = self.corpus.load()  # no "test": no test metric (never the val text renamed)
-        missing = sorted(set("".join(t for k, t in texts.items() if k != "train"))
-                         - set(texts["train"]))
-        self.vocab = Vocab.from_text(texts["train"], unk=bool(missing))
+        known = set(texts["train"]) | set(self.base_vocab.chars if self.base_vocab else ())
+        missing = sorted(set("".join(t for k, t in texts.items() if k != "train")) - known)
+        if self.base_vocab is None:
+            self.vocab = Vocab.from_text(texts["train"], unk=bool(missing))
+        else:
+            new = self.base_vocab.missing(texts["train"])
+            if new:
+                log.warning("init_from: %d character(s) of the training text are new to the "
+                            "checkpoint and get new embedding rows: %s", len(new),
+                            "".join(new[:40]).encode("unicode_escape").decode())
+            self.vocab = self.base_vocab.extended(texts["train"],
+                                                  unk=self.base_vocab.unk or bool(missing))
         if missing and self.unknown_chars == "map":
             log.warning("%d character(s) of val/test are not in the training text and map to "
                         "<unk>: %s", len(missing), "".join(missing[:40]))

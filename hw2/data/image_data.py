@@ -3,17 +3,25 @@ torchvision's Food-101, with the report's preprocessing and photos as they come 
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+import PIL
 import torch
+import torchvision
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from hw2.data.batch_augment import CropFlip, finish_batch
 from hw2.data.image_folders import Layout, Sample, Splits, find_splits
+from hw2.data.photo_cache import PhotoCache, open_or_build
 from hw2.data.resumable import EpochSampler, ResumableLoader, ResumableTrainData, run_seed
 
 log = logging.getLogger(__name__)
@@ -28,6 +36,9 @@ EvalResize = int | Sequence[int] | None
 
 class BadImageError(OSError):
     """A file that PIL cannot decode (truncated, not an image)."""
+
+
+DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -54,9 +65,13 @@ def load_rgb(path: str | Path, min_side: int | None = None) -> Image.Image:
                 image.draft("RGB", (min_side, min_side))
             image.load()
             return to_rgb(image)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise BadImageError(f"{path}: cannot decode this image ({type(e).__name__}: {e}); "
-                            "replace or remove the file, or set data.skip_bad_images=true") from e
+    except DECODE_ERRORS as e:
+        raise bad_image(path, e) from e
+
+
+def bad_image(path: str | Path, e: Exception) -> BadImageError:
+    return BadImageError(f"{path}: cannot decode this image ({type(e).__name__}: {e}); "
+                         "replace or remove the file, or set data.skip_bad_images=true")
 
 
 def check_image(path: Path) -> str | None:
@@ -65,9 +80,14 @@ def check_image(path: Path) -> str | None:
         with Image.open(path) as image:
             image.draft(image.mode, (1, 1))
             image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except DECODE_ERRORS as e:
         return f"{type(e).__name__}: {e}"
     return None
+
+
+def resize_steps(resize: int | None) -> list[Callable[..., Any]]:
+    """The shorter side resized to `resize` (nothing for None), as every path does it."""
+    return [] if resize is None else [v2.Resize(resize, antialias=True)]
 
 
 def build_transform(image_size: int, train: bool, resize: int | None = None,
@@ -86,9 +106,7 @@ def build_transform(image_size: int, train: bool, resize: int | None = None,
     if len(crop_scale) != 2 or not 0 < crop_scale[0] <= crop_scale[1] <= 1:
         raise ValueError(f"data.crop_scale must be [low, high] with 0 < low <= high <= 1, "
                          f"got {list(crop_scale)}")
-    steps: list[Callable[..., Any]] = []
-    if resize is not None:
-        steps.append(v2.Resize(resize, antialias=True))
+    steps: list[Callable[..., Any]] = resize_steps(resize)
     if train and augment == "strong":  # crops of the (resized) photo that eval sees whole
         steps += [v2.RandomResizedCrop(image_size, scale=tuple(crop_scale), antialias=True),
                   v2.RandomHorizontalFlip(),
@@ -140,6 +158,17 @@ def draft_side(eval_resize: EvalResize) -> int | None:
     return None if sizes == [None] else max(sizes)  # type: ignore[type-var]
 
 
+@contextlib.contextmanager
+def sample_rng(epoch: int, i: int) -> Iterator[None]:
+    """The global CPU generator seeded by (run seed, epoch, photo) inside the block: the random
+    augmentation of a photo is the same whatever the loading order, workers or a resume."""
+    with torch.random.fork_rng(devices=[]):
+        # the CPU generator only: torch.manual_seed also queues a CUDA seed, and on a CUDA
+        # build without an initialised GPU that records a stack trace (~0.3 ms per photo)
+        torch.default_generator.manual_seed((run_seed() * 1_000_003 + epoch) * 1_000_003 + i)
+        yield
+
+
 class ImageSamples(Dataset):
     """`(path, label)` pairs decoded to RGB and transformed: `(3, s, s)` float tensor, label."""
 
@@ -159,11 +188,73 @@ class ImageSamples(Dataset):
         epoch, i = key
         path, label = self.samples[i]
         image = load_rgb(path, self.min_side)
-        with torch.random.fork_rng(devices=[]):
-            # the CPU generator only: torch.manual_seed also queues a CUDA seed, and on a CUDA
-            # build without an initialised GPU that records a stack trace (~0.3 ms per photo)
-            torch.default_generator.manual_seed((run_seed() * 1_000_003 + epoch) * 1_000_003 + i)
+        with sample_rng(epoch, i):
             return self.transform(image), label
+
+
+def train_record(path: Path, resize: int | None, draft: bool) -> np.ndarray:
+    """A training photo for the cache: decoded and resized as the PIL path's first step does,
+    whole (random crops are drawn from all of it), `(H, W, 3)` uint8."""
+    image = load_rgb(path, resize if draft else None)
+    for step in resize_steps(resize):
+        image = step(image)
+    return np.asarray(image)
+
+
+def eval_record(path: Path, image_size: int, sizes: Sequence[int | None], draft: int | None
+                ) -> np.ndarray:
+    """An evaluation photo for the cache: its views `(V, 3, S, S)` uint8, cropped exactly as
+    `build_eval_transform` crops them (only the float conversion is left to do)."""
+    image = load_rgb(path, draft)
+    return np.stack([np.asarray(v2.Compose([*resize_steps(size), v2.CenterCrop(image_size)])(
+        image)) for size in sizes]).transpose(0, 3, 1, 2)
+
+
+def resized_bytes(path: Path, resize: int | None) -> int:
+    """Upper bound of `train_record`'s size from the file header alone (no decoding)."""
+    try:
+        with Image.open(path) as image:
+            w, h = image.size
+    except DECODE_ERRORS as e:
+        raise bad_image(path, e) from e
+    if resize is not None:
+        short, long = sorted((w, h))
+        w, h = resize, int(resize * long / short) + 1
+    return w * h * 3
+
+
+DECODER = "".join(inspect.getsource(f) for f in (to_rgb, load_rgb, resize_steps, train_record,
+                                                   eval_record))
+VERSIONS = {"pillow": PIL.__version__, "torchvision": torchvision.__version__}
+
+
+class CachedSamples(Dataset):
+    """Photos from the photo cache as uint8 `(3, H, W)` (evaluation: `(V, 3, H, W)` views, V=1
+    squeezed); training photos cropped and flipped by `augment`, with their jitter factors
+    when it draws any. `ImageDataModule.on_after_batch_transfer` finishes the batches."""
+
+    def __init__(self, samples: list[Sample], cache: PhotoCache,
+                 augment: CropFlip | None = None) -> None:
+        if len(cache) != len(samples):
+            raise ValueError(f"{cache.path} holds {len(cache)} photos, not {len(samples)}")
+        self.samples, self.cache, self.augment = samples, cache, augment
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, ...]:
+        if isinstance(key, int):
+            return self._item(key)
+        epoch, i = key
+        with sample_rng(epoch, i):
+            return self._item(i)
+
+    def _item(self, i: int) -> tuple[torch.Tensor, ...]:
+        x, label = torch.from_numpy(self.cache[i]), self.samples[i][1]
+        if self.augment is None:
+            return (x[0] if len(x) == 1 else x), label
+        x, factors = self.augment(x)
+        return (x, label) if factors is None else (x, factors, label)
 
 
 class ImageDataModule(ResumableTrainData):
@@ -187,6 +278,8 @@ class ImageDataModule(ResumableTrainData):
         persistent_workers: bool = True,
         skip_bad_images: bool = False,
         jpeg_draft: bool = False,
+        cache: bool = False,
+        cache_dir: str | None = None,
         download: bool = False,
     ) -> None:
         super().__init__()
@@ -204,6 +297,7 @@ class ImageDataModule(ResumableTrainData):
         # a larger eval resize before the same centre crop matches them (FixRes, Touvron 2019);
         # several sizes: each photo is evaluated at each, probabilities averaged (multi-scale)
         self.eval_resize: int | list[int] | None = resize if eval_resize is None else eval_resize
+        self.crop_scale = tuple(crop_scale)
         self.transforms = {"train": build_transform(image_size, True, resize, augment,
                                                     crop_scale=crop_scale),
                            "eval": build_eval_transform(image_size, self.eval_resize)}
@@ -215,8 +309,12 @@ class ImageDataModule(ResumableTrainData):
         self.persistent_workers = persistent_workers and num_workers > 0
         self.skip_bad_images, self.download = skip_bad_images, download
         self.jpeg_draft = jpeg_draft
+        if cache and not cache_dir:
+            raise ValueError("data.cache=true needs data.cache_dir (paths.cache_dir): the folder "
+                             "that keeps the decoded photos")
+        self.cache, self.cache_dir = cache, cache_dir
         self.splits: Splits | None = None
-        self.datasets: dict[str, ImageSamples] = {}
+        self.datasets: dict[str, ImageSamples | CachedSamples] = {}
 
     def prepare_data(self) -> None:
         if self.layout == "food101" and self.download:
@@ -237,11 +335,48 @@ class ImageDataModule(ResumableTrainData):
         min_sides = {"train": self.resize, "eval": draft_side(self.eval_resize)}
         for split, samples in splits.samples.items():
             kind = "train" if split == "train" else "eval"
-            self.datasets[split] = ImageSamples(samples, self.transforms[kind],
-                                                min_sides[kind] if self.jpeg_draft else None)
+            if self.cache:
+                self.datasets[split] = self._cached(split, samples)
+            else:
+                self.datasets[split] = ImageSamples(samples, self.transforms[kind],
+                                                    min_sides[kind] if self.jpeg_draft else None)
         counts = ", ".join(f"{k} {len(v)}" for k, v in splits.samples.items())
         log.info("%s: %s layout, %d classes, %s images", self.root, layout,
                  len(splits.class_names), counts)
+
+    def _cached(self, split: str, samples: list[Sample]) -> CachedSamples:
+        """A split from the photo cache (built on first use): training photos decoded and
+        resized whole, evaluation photos as their finished crops."""
+        files = [path for path, _ in samples]
+        spec: dict[str, Any] = {"decoder": DECODER, **VERSIONS}
+        if split == "train":
+            spec.update(kind="train", resize=self.resize, draft=self.jpeg_draft)
+            record = functools.partial(train_record, resize=self.resize, draft=self.jpeg_draft)
+            estimate = functools.partial(resized_bytes, resize=self.resize)
+            augment = CropFlip(self.image_size, self.augment == "strong", self.crop_scale)
+        else:
+            sizes = eval_sizes(self.eval_resize)
+            draft = draft_side(self.eval_resize) if self.jpeg_draft else None
+            spec.update(kind="eval", image_size=self.image_size, sizes=sizes, draft=draft)
+            record = functools.partial(eval_record, image_size=self.image_size, sizes=sizes,
+                                       draft=draft)
+            view_bytes = len(sizes) * self.image_size ** 2 * 3
+            estimate, augment = (lambda _: view_bytes), None
+        assert self.cache_dir is not None
+        cache = open_or_build(self.cache_dir, f"{self.root.name}-{split}", files, spec, record,
+                              estimate)
+        return CachedSamples(samples, cache, augment)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Cached batches (uint8) to normalised float on the model's device,
+        jittered when the training loader drew jitter factors; others pass unchanged."""
+        if not self.cache or not torch.is_tensor(batch[0]) or batch[0].dtype != torch.uint8:
+            return batch
+        if len(batch) == 3:
+            x, factors, y = batch
+            return finish_batch(x, factors, MEAN, STD), y
+        x, y = batch
+        return finish_batch(x, None, MEAN, STD), y
 
     def _drop_bad(self, splits: Splits) -> None:
         """Decode every file once; drop the broken ones with one warning that counts them."""

@@ -26,6 +26,11 @@ class Vocab:
     def from_text(cls, text: str, unk: bool = False) -> Vocab:
         return cls(sorted(set(text)), unk=unk)
 
+    def extended(self, text: str, unk: bool | None = None) -> Vocab:
+        """This vocabulary with the characters of `text` it lacks appended (sorted), so every
+        known character keeps its index (fine-tuning keeps its embedding row)."""
+        return Vocab(self.chars + self.missing(text), unk=self.unk if unk is None else unk)
+
     def __len__(self) -> int:
         return len(self.chars) + int(self.unk)
 

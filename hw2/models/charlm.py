@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -14,6 +14,11 @@ from hw2.data.vocab import Vocab
 from hw2.models.base import NetSpec, TaskModule, WeightedMean, build_net, net_config
 
 CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+# the CharRNN keys that shape its weights (a fine-tuned run takes them from the checkpoint)
+ARCHITECTURE = ("_target_", "cell", "embedding_dim", "hidden_size", "num_layers", "tie_weights",
+                "head_all_layers")
+# CharRNN weights with one row per vocabulary entry
+VOCAB_ROWS = ("embedding.weight", "head.weight", "head.bias")
 LN2 = math.log(2)
 
 Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
@@ -46,6 +51,17 @@ def locked_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
         return x
     mask = x.new_empty(x.shape[0], 1, x.shape[2]).bernoulli_(1 - p).div_(1 - p)
     return x * mask
+
+
+def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """`probs` kept on the smallest set of most likely entries whose mass reaches `top_p`
+    (the most likely entry always stays), renormalised."""
+    sorted_p, order = probs.sort(descending=True)
+    before = sorted_p.cumsum(0) - sorted_p  # mass of the entries ranked above each one
+    keep = torch.zeros_like(probs, dtype=torch.bool)
+    keep[order[before < top_p]] = True
+    kept = probs * keep
+    return kept / kept.sum()
 
 
 def split_layers(hidden: Hidden | None, num_layers: int) -> list[Hidden | None]:
@@ -221,6 +237,35 @@ class CharLM(TaskModule):
     def forward(self, x: torch.Tensor, hidden: Hidden | None = None) -> tuple[torch.Tensor, Hidden]:
         return self.net(x, hidden)
 
+    @staticmethod
+    def pretrained_net(net: Mapping[str, Any], hparams: Mapping[str, Any]) -> dict[str, Any]:
+        """`init_from`: the network config to fine-tune with: the checkpoint's architecture
+        (the weights must fit it), this run's regularisation (dropout, weight drop, ...)."""
+        theirs = dict(hparams["net"])
+        return {**net_config(net), **{k: theirs[k] for k in ARCHITECTURE if k in theirs}}
+
+    def load_pretrained(self, state_dict: Mapping[str, torch.Tensor], vocab: dict) -> list[str]:
+        """`init_from`: copy a checkpoint's weights (weights only: no optimiser, no step).
+        Rows of the vocabulary-sized tensors are copied by character, so characters new to
+        the checkpoint keep their fresh rows; returns those characters."""
+        old = Vocab.from_state_dict(vocab)
+        rows = [old.index.get(c) for c in self.vocab.chars]
+        if self.vocab.unk:
+            rows.append(old.unk_index)
+        own = self.net.state_dict()
+        for name, weight in state_dict.items():
+            key = name.removeprefix("net.")
+            if key not in own:
+                continue
+            if key in VOCAB_ROWS:
+                for i, j in enumerate(rows):
+                    if j is not None:
+                        own[key][i] = weight[j]
+            else:
+                own[key].copy_(weight)
+        self.net.load_state_dict(own)
+        return [c for c, j in zip(self.vocab.chars, rows, strict=False) if j is None]
+
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str
               ) -> tuple[torch.Tensor, Hidden | None]:
         x, y = batch
@@ -282,15 +327,19 @@ class CharLM(TaskModule):
         temperature: float = 1.0,
         top_k: int | None = None,
         generator: torch.Generator | None = None,
+        top_p: float | None = None,
     ) -> str:
         """Continue `prime` by `length` characters, one at a time, each fed back with the
-        hidden state. temperature 0 = greedy; top_k keeps the k most likely characters."""
+        hidden state. temperature 0 = greedy; top_k keeps the k most likely characters, top_p
+        the smallest set of most likely characters whose probability reaches p (nucleus)."""
         if not prime:
             raise ValueError("prime must have at least one character")
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be >= 1 or null, got {top_k}")
+        if top_p is not None and not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] or null, got {top_p}")
         x = self.vocab.encode(prime, "prime", strict=True).to(self.device)[None]
         was_training = self.training
         self.eval()
@@ -309,6 +358,8 @@ class CharLM(TaskModule):
                         kth = torch.topk(last, top_k).values[-1]
                         last = last.masked_fill(last < kth, -math.inf)
                     probs = torch.softmax(last, dim=-1)
+                    if top_p is not None and top_p < 1:
+                        probs = nucleus(probs, top_p)
                     nxt = int(torch.multinomial(probs.cpu(), 1, generator=generator))
                 out.append(nxt)
                 logits, hidden = self.net(torch.tensor([[nxt]], device=self.device), hidden)

@@ -15,13 +15,12 @@ from torchmetrics.classification import (
     MulticlassConfusionMatrix,
 )
 
+from hw2.data.image_data import MEAN, STD  # the data's normalisation, saved for inference
 from hw2.models.base import NetSpec, TaskModule, WeightedMean, build_net, net_config
 
 log = logging.getLogger(__name__)
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-# the report's Normalize(0.5, 0.5, 0.5)
-MEAN = STD = (0.5, 0.5, 0.5)
 
 
 class ImageClassifier(TaskModule):

@@ -23,6 +23,7 @@ from hw2.report import figures
 from hw2.report.groups import Group, compare, group_runs, primary_metric
 from hw2.report.render import Block, Heading, Image, Para, Pre, Table, to_html, to_markdown
 from hw2.report.runs import Run, differing_keys, find_run_dirs, load_runs
+from hw2.runs.checkpoints import best_checkpoint, last_checkpoint
 from hw2.runs.record import read_record, status_of
 from hw2.utils.fileio import atomic_write_text
 
@@ -191,10 +192,13 @@ def section(task: str, runs: list[Run], fig_dir: Path, group_by: Sequence[str] |
     return blocks, export_rows(task, runs, groups)
 
 
-def best_checkpoint(run: Run) -> Path | None:
-    ckpts = sorted((run.path / "checkpoints").glob("*.ckpt"))
-    best = [c for c in ckpts if c.name != "last.ckpt"]
-    return (best or ckpts or [None])[-1]
+def sample_checkpoint(run: Run) -> Path | None:
+    """The run's best checkpoint, else its last.ckpt (a run without validation), else None."""
+    best = best_checkpoint(run.path)
+    if best is not None:
+        return best
+    last = last_checkpoint(run.path)
+    return last if last.is_file() else None
 
 
 def charlm_samples(groups: list[Group], prime: str = "ROMEO", length: int = 300) -> list[Block]:
@@ -205,7 +209,7 @@ def charlm_samples(groups: list[Group], prime: str = "ROMEO", length: int = 300)
                                    "group, temperature 0.8, seed 0)", 3)]
     for g in groups:
         run = g.best_run()
-        ckpt = best_checkpoint(run) if run else None
+        ckpt = sample_checkpoint(run) if run else None
         if ckpt is None:
             blocks.append(Pre(g.label, "(no checkpoint)"))
             continue

@@ -12,10 +12,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from hw2.runs.checkpoints import CHECKPOINT_DIR
 from hw2.runs.provenance import code_identities, commit_label
 from hw2.runs.record import read_record, status_of
 
-SKIP_PARTS = {".submitit", "report_figures", "checkpoints", "tensorboard"}
+SKIP_PARTS = {".submitit", "report_figures", CHECKPOINT_DIR, "tensorboard"}
 
 
 @dataclass

@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from pytorch_lightning.loggers import CSVLogger
 
 from hw2.runs.atomic_io import remove_stale_temps
+from hw2.runs.checkpoints import best_checkpoint, checkpoint_dir, last_checkpoint
 from hw2.utils import compat
 from hw2.utils.compat import batches_that_stepped
 
@@ -22,25 +23,13 @@ RESUME = ("auto", "never", "must")
 LIGHTNING_NAMES = ("last", "best", "hpc")
 
 
-def checkpoint_dir(cfg: DictConfig) -> Path:
-    return Path(cfg.paths.output_dir) / "checkpoints"
-
-
-def _best_of(folder: Path) -> Path:
-    """The best checkpoint the run's ModelCheckpoint (with a monitor) recorded in last.ckpt."""
-    last = folder / "last.ckpt"
-    if last.is_file():
-        state = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
-        for key, cb in state.get("callbacks", {}).items():
-            if "ModelCheckpoint" in key or "FiniteCheckpoint" in key:
-                best = cb.get("best_model_path") if cb.get("monitor") else None
-                if best and Path(best).is_file():
-                    return Path(best)
-    others = [p for p in folder.glob("*.ckpt") if not p.name.startswith("last")]
-    if len(others) == 1:
-        return others[0]
-    raise FileNotFoundError(f"ckpt_path=best: no best checkpoint found in {folder}; give a "
-                            "checkpoint file instead")
+def _best_of(run_dir: Path) -> Path:
+    """ckpt_path=best: the run directory's best checkpoint, else a short error."""
+    best = best_checkpoint(run_dir)
+    if best is None:
+        raise FileNotFoundError(f"ckpt_path=best: no best checkpoint found in "
+                                f"{checkpoint_dir(run_dir)}; give a checkpoint file instead")
+    return best
 
 
 def resolve_checkpoint(cfg: DictConfig) -> str | None:
@@ -50,15 +39,15 @@ def resolve_checkpoint(cfg: DictConfig) -> str | None:
     resume = {"true": "must", "false": "never"}.get(resume, resume)
     if resume not in RESUME:
         raise ValueError(f"resume={cfg.get('resume')!r} is not one of {RESUME}")
-    folder = checkpoint_dir(cfg)
-    remove_stale_temps(folder)
+    run_dir = Path(cfg.paths.output_dir)
+    remove_stale_temps(checkpoint_dir(run_dir))
+    last = last_checkpoint(run_dir)
     value = cfg.get("ckpt_path")
     if value is None:
-        last = folder / "last.ckpt"
         if not cfg.get("train") or resume == "never":
             return None
         # the newest of last.ckpt and SLURM's requeue checkpoints (<run dir>/hpc_ckpt_<n>.ckpt)
-        found = [p for p in (last, *Path(cfg.paths.output_dir).glob("hpc_ckpt_*.ckpt"))
+        found = [p for p in (last, *run_dir.glob("hpc_ckpt_*.ckpt"))
                  if p.is_file()]
         if found:
             newest = max(found, key=lambda p: p.stat().st_mtime)
@@ -72,16 +61,16 @@ def resolve_checkpoint(cfg: DictConfig) -> str | None:
     if value == "hpc":
         return value  # Lightning finds <run dir>/hpc_ckpt_<n>.ckpt (SLURM requeue)
     if value == "last":
-        path = folder / "last.ckpt"
+        path = last
     elif value == "best":
-        path = _best_of(folder)
+        path = _best_of(run_dir)
     else:
         path = Path(value)
     if not path.is_file():
         raise FileNotFoundError(
             f"ckpt_path={value}: {path} is not a file; give last, best or hpc (of this run "
             "directory, e.g. with run_name=<name>) or a checkpoint written by a run, e.g. "
-            "logs/<task>/runs/<name>/checkpoints/last.ckpt")
+            f"logs/<task>/runs/<name>/{last.relative_to(run_dir)}")
     return str(path)
 
 

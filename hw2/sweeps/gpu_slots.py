@@ -30,7 +30,7 @@ from typing import IO, Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from hw2.runs.record import read_record
+from hw2.runs.record import RECORD_NAME, read_record
 from hw2.utils.compat import set_hydra_config_plain
 from hw2.utils.fileio import atomic_write_json
 
@@ -163,7 +163,7 @@ def run_in_gpu_slot(cfg: DictConfig, callbacks: Sequence = (),
         if record.get("status") in (None, "running"):  # killed before it could say so
             record.update(status="interrupted" if code < 0 else "failed",
                           ended=time.time(), error=reason, gpu=device)
-            atomic_write_json(out / "run.json", record)
+            atomic_write_json(out / RECORD_NAME, record)
         raise RuntimeError(f"sweep job {out} on GPU {device} ended: {reason} "
                            f"(its log: {out}/train.log)")
     return dict(record.get("metrics") or {})

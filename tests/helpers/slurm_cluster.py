@@ -4,7 +4,7 @@ Started as root with a private slurm.conf in a temporary folder (its own ports, 
 `SLURM_CONF` points sbatch/squeue/scontrol at it): slurmctld, slurmd with a gres of 2 GPUs, and
 munged when it is not running already. A count-only GPU gres makes slurmd report 0 GPUs and drain
 the node, so the GPUs are two character devices `/dev/fakegpu0-1` (the null device's numbers).
-Everything the fixture started is stopped by its process id at the end.
+Everything `slurm_cluster` started is stopped by its process id at the end.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -166,14 +167,15 @@ def _wait_for_steps(tmp: Path, timeout: float = 60) -> None:
         time.sleep(0.5)
 
 
-@pytest.fixture(scope="session")
-def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
+@contextmanager
+def slurm_cluster(tmp: Path) -> Iterator[SlurmCluster]:
+    """Start the cluster with its files under `tmp`, yield it, stop what was started; skips
+    the test where the daemons or root are missing."""
     missing = [d for d in DAEMONS if not shutil.which(d)]
     if missing:
         pytest.skip(f"SLURM test cluster needs {missing}: apt-get install slurm-wlm munge")
     if os.geteuid() != 0:
         pytest.skip("SLURM test cluster needs root (slurmd runs jobs as their user)")
-    tmp = tmp_path_factory.mktemp("slurm")
     node = socket.gethostname().split(".")[0]
     made = []
     for dev in FAKE_GPUS:

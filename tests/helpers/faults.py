@@ -1,5 +1,6 @@
 """Faults injected into real `python train.py` runs through the config, e.g.
-`+callbacks.fault._target_=tests.faults.Fault +callbacks.fault.kind=kill +callbacks.fault.at_step=6`
+`+callbacks.fault._target_=tests.helpers.faults.Fault +callbacks.fault.kind=kill
++callbacks.fault.at_step=6`
 (train.py runs from the repository root, so `tests` is importable)."""
 
 from __future__ import annotations
