@@ -13,10 +13,11 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
-from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from pytorch_lightning.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from hw2.config import CONF_DIR
+from hw2.runs import tracking
 from hw2.runs.checkpoints import (
     check_resume_data,
     check_task,
@@ -27,7 +28,8 @@ from hw2.runs.checkpoints import (
     resume_hparams,
     task_of,
 )
-from hw2.runs.record import job_overrides, recorded_run
+from hw2.runs.provenance import provenance
+from hw2.runs.record import RunRecord, job_overrides, read_record, recorded_run
 from hw2.runs.resume import keep_csv_rows, logging_step, resolve_checkpoint
 from hw2.utils.runtime import fast_event_checksums, fast_precision, tune_malloc, uses_cuda
 
@@ -93,16 +95,33 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> dict[st
     """Train and/or test as the config says; returns the final metrics. `extra_callbacks`
     join the configured ones (benchmarks, notebooks). Sweep logic (skipping finished jobs, a
     GPU per job) lives in `hw2.sweeps.job.run_job`, which calls this."""
-    with recorded_run(cfg.paths.output_dir) as record:
-        with open_dict(cfg):  # resume=auto and Lightning's names -> the file it starts from
-            cfg.ckpt_path = resolve_checkpoint(cfg)
-        # gpu: what this job was given (local_gpus, Ray, SLURM all set CUDA_VISIBLE_DEVICES)
-        record.update(overrides=job_overrides(), resumed_from=cfg.ckpt_path,
-                      device=str(cfg.trainer.get("accelerator", "auto")),
-                      gpu=os.environ.get("CUDA_VISIBLE_DEVICES"))
-        metrics = _run(cfg, extra_callbacks)
-        record.update(metrics=metrics)
-        return metrics
+    record: RunRecord | None = None
+    try:
+        with recorded_run(cfg.paths.output_dir) as record:
+            with open_dict(cfg):  # resume=auto and Lightning's names -> the file it starts from
+                cfg.ckpt_path = resolve_checkpoint(cfg)
+            # gpu: what this job was given (local_gpus, Ray, SLURM all set CUDA_VISIBLE_DEVICES)
+            accelerator = str(cfg.trainer.get("accelerator", "auto"))
+            record.update(overrides=job_overrides(), resumed_from=cfg.ckpt_path,
+                          device=accelerator, gpu=os.environ.get("CUDA_VISIBLE_DEVICES"))
+            if record.writer:  # the code and libraries that ran (git.diff if the tree is dirty)
+                record.update(**provenance(cfg.paths.output_dir, accelerator, record.previous))
+            metrics = _run(cfg, extra_callbacks, record)
+            record.update(metrics=metrics)
+            return metrics
+    finally:
+        if record is not None and record.writer:
+            finish_trackers(cfg.paths.output_dir)
+
+
+def finish_trackers(run_dir: str) -> None:
+    """The run's files and end status to its MLflow run, once run.json holds the end. A tracker
+    that cannot be reached costs a warning, not the run's result."""
+    record = read_record(run_dir) or {}
+    try:
+        tracking.finish_mlflow_run(run_dir, record)
+    except Exception as e:  # noqa: BLE001 - the run itself is recorded on disk either way
+        log.warning("could not finish the MLflow run %s: %s", record.get("mlflow_run_id"), e)
 
 
 def _local_rank() -> int:
@@ -110,7 +129,8 @@ def _local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0")))
 
 
-def _run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback]) -> dict[str, float]:
+def _run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback], record: RunRecord
+         ) -> dict[str, float]:
     accelerator = str(cfg.trainer.get("accelerator", "auto"))
     if cfg.get("tune_malloc") and not uses_cuda(accelerator):
         tune_malloc()  # a CPU measure (bench/framework_tax.py); not measured helpful on a GPU
@@ -150,7 +170,8 @@ def _run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback]) -> dict[str, f
     else:  # test-only: the checkpoint's own network, checked against the data
         model = load_for_data(ckpt_path, cfg.model._target_, datamodule)
     callbacks = instantiate_group(cfg.get("callbacks")) + list(extra_callbacks)
-    loggers = make_loggers(cfg, purge_step=logging_step(ckpt_path) if cfg.get("train") else None)
+    loggers = make_loggers(cfg, purge_step=logging_step(ckpt_path) if cfg.get("train") else None,
+                           record=record)
     trainer: pl.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, _convert_="all"
     )
@@ -178,9 +199,9 @@ def _run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback]) -> dict[str, f
             else:
                 logger.log_hyperparams(logged_hparams(cfg), metrics=final)
         elif not cfg.get("train"):
-            logger.log_hyperparams(logged_hparams(cfg))
+            log_params(logger, logged_hparams(cfg))
         logger.save()
-    report(cfg, trainer, metrics)
+    report(cfg, trainer, metrics, record.data)
     return metrics
 
 
@@ -224,21 +245,44 @@ def tested_checkpoint(trainer: pl.Trainer) -> str | None:
     return None
 
 
-def make_loggers(cfg: DictConfig, purge_step: int | None = None) -> list[Any]:
+def make_loggers(cfg: DictConfig, purge_step: int | None = None,
+                 record: RunRecord | None = None) -> list[Any]:
     """The configured loggers; on a resume TensorBoard writes into the same folder with
-    `purge_step` (events after the checkpoint are dropped: no gap, no duplicated step)."""
+    `purge_step` (events after the checkpoint are dropped: no gap, no duplicated step), and
+    MLflow and W&B continue the run whose id the run's record keeps (`hw2.runs.tracking`)."""
+    previous = record.previous if record is not None else {}
+    run_dir = Path(cfg.paths.output_dir)
     loggers = []
     for node in (cfg.get("logger") or {}).values():
         if not isinstance(node, DictConfig) or "_target_" not in node:
             continue
-        extra = {}
+        extra: dict[str, Any] = {}
         if purge_step is not None and node._target_.endswith("TensorBoardLogger"):
             extra["purge_step"] = purge_step
+        if tracking.is_mlflow(node):
+            extra.update(tracking.mlflow_logger_kwargs(node, run_dir, previous))
+        if tracking.is_wandb(node):
+            extra.update(tracking.wandb_logger_kwargs(node, run_dir, previous))
         logger = instantiate(node, **extra)
         if purge_step is not None and isinstance(logger, CSVLogger):
             keep_csv_rows(logger, purge_step)
+        if record is not None and record.writer and isinstance(logger, MLFlowLogger):
+            record.update(**tracking.started_mlflow_run(logger, extra["tracking_uri"],
+                                                        resumed="run_id" in extra))
+        if record is not None and record.writer and isinstance(logger, WandbLogger):
+            record.update(wandb_run_id=extra["id"], wandb_dir=str(run_dir / "wandb"))
         loggers.append(logger)
     return loggers
+
+
+def log_params(logger: Any, params: dict[str, Any]) -> None:
+    """Hyperparameters to one logger; to a continued MLflow run only those it lacks (MLflow
+    refuses to change a logged parameter)."""
+    if isinstance(logger, MLFlowLogger):
+        params = tracking.new_params(logger, params)
+        if not params:
+            return
+    logger.log_hyperparams(params)
 
 
 def expected_final_metrics(cfg: DictConfig) -> list[str]:
@@ -263,7 +307,7 @@ def log_hparams_at_start(cfg: DictConfig, trainer: pl.Trainer, resuming: bool = 
             logger.log_hyperparams(params, metrics={k: float("nan")
                                                     for k in expected_final_metrics(cfg)})
         else:
-            logger.log_hyperparams(params)
+            log_params(logger, params)
         logger.save()
 
 
@@ -281,7 +325,8 @@ def fit(cfg: DictConfig, trainer: pl.Trainer, model: pl.LightningModule,
         raise
 
 
-def report(cfg: DictConfig, trainer: pl.Trainer, metrics: Mapping[str, float]) -> None:
+def report(cfg: DictConfig, trainer: pl.Trainer, metrics: Mapping[str, float],
+           record: Mapping[str, Any] | None = None) -> None:
     """Where the run went and how it ended, printed last so a user sees it."""
     if not trainer.is_global_zero:
         return
@@ -299,6 +344,7 @@ def report(cfg: DictConfig, trainer: pl.Trainer, metrics: Mapping[str, float]) -
                          "continues from it: resume=auto)")
     if any(isinstance(lg, TensorBoardLogger) for lg in trainer.loggers):
         lines.append(f"inspect: tensorboard --logdir {out.parent}")
+    lines += tracking.where_to_look(dict(record or {}))
     print("\n".join(lines), flush=True)
     sample = cfg.get("sample_at_end")
     if sample and best is not None and task_of(trainer.lightning_module.hparams) == "CharLM":

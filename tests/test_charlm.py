@@ -23,6 +23,7 @@ from hw2.data.vocab import Vocab
 from hw2.inference import generate
 from hw2.models.charlm import CharLM, CharRNN, drop_connect, locked_dropout
 from hw2.runs.checkpoints import load_module
+from hw2.runs.record import read_record
 from hw2.train import run
 from tests.helpers.paths import ROOT
 from tests.helpers.probes import FitProbe, assert_same_tensors
@@ -294,6 +295,14 @@ def test_training_run_logs_and_checkpoints(trained_run: tuple[Path, dict]) -> No
                                                         events.Scalars("val/bpc")), rel=1e-5)
     assert "hp/test/bpc" in tags["scalars"]  # HParams view: final metrics beside the config
     assert "val/bpc" in (out / "csv" / "metrics.csv").read_text().splitlines()[0]
+    record = read_record(out)  # provenance: the code of this checkout and its libraries
+    if (ROOT / ".git").exists():
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        assert record["git"]["commit"] == head
+        assert (out / "git.diff").is_file() == record["git"]["dirty"]
+    assert record["versions"]["torch"] == torch.__version__.split("+")[0]
+    assert record["argv"] and record["device_name"]
 
 
 def test_hyperparameters_reach_the_hparams_view_and_yaml(trained_run: tuple[Path, dict]

@@ -17,27 +17,18 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from hw2.runs.record import read_record, status_of
+from tests.helpers.drills import CHAR, curves, fault, run_dir, step_of, write_drill_text
 from tests.helpers.paths import ROOT
 
 pytestmark = pytest.mark.slow
 
-CHAR = ["data=text_file", "model.net.hidden_size=32", "model.net.embedding_dim=16",
-        "model.net.num_layers=1",
-        "data.batch_size=4", "data.seq_len=16", "trainer.max_epochs=2",
-        "trainer.val_check_interval=0.25", "callbacks.text_sample.length=20"]
 CNN = ["task=cnn", "data.image_size=32", "data.batch_size=4", "trainer.accelerator=cpu",
        "trainer.max_epochs=2", "trainer.log_every_n_steps=1", "trainer.val_check_interval=0.5",
        "model.l2=1e-3"]
 COMMON = ["trainer.deterministic=true", "trainer.enable_model_summary=false",
           "callbacks.progress_bar.refresh_rate=0", "logger=many"]
-
-
-def fault(kind: str, **where: int) -> list[str]:
-    return ["+callbacks.fault._target_=tests.helpers.faults.Fault", f"+callbacks.fault.kind={kind}",
-            *(f"+callbacks.fault.{k}={v}" for k, v in where.items())]
 
 
 def train(args: list[str], logs: Path, name: str) -> subprocess.CompletedProcess:
@@ -46,23 +37,8 @@ def train(args: list[str], logs: Path, name: str) -> subprocess.CompletedProcess
                           stderr=subprocess.STDOUT, text=True, timeout=600)
 
 
-def run_dir(logs: Path, task: str, name: str) -> Path:
-    return logs / task / "runs" / name
-
-
 def metrics(path: Path) -> dict[str, float]:
     return json.loads((path / "run.json").read_text())["metrics"]
-
-
-def curves(path: Path) -> dict[str, list[tuple[int, float]]]:
-    events = EventAccumulator(str(path / "tensorboard"), size_guidance={"scalars": 0})
-    events.Reload()
-    return {tag: [(e.step, e.value) for e in events.Scalars(tag)]
-            for tag in events.Tags()["scalars"] if not tag.startswith("hp/")}
-
-
-def step_of(ckpt: Path) -> int:
-    return torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]
 
 
 def no_temp_files(path: Path) -> bool:
@@ -71,14 +47,7 @@ def no_temp_files(path: Path) -> bool:
 
 @pytest.fixture(scope="module")
 def text(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """1,600 characters: 4 streams x 25 windows of 16 per epoch, validation every 6."""
-    lines = ["But soft, what light through yonder window breaks?", "A plague o' both your houses!",
-             "It is the east, and Juliet is the sun.", "Parting is such sweet sorrow."]
-    body = "".join(f"{['ROMEO', 'JULIET', 'NURSE'][i % 3]}:\n{lines[(i * 7) % 4]}\n"
-                   for i in range(60))
-    path = tmp_path_factory.mktemp("text") / "play.txt"
-    path.write_text(body[:1600], encoding="utf-8")
-    return path
+    return write_drill_text(tmp_path_factory.mktemp("text") / "play.txt")
 
 
 @pytest.fixture(scope="module")

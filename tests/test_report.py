@@ -3,6 +3,8 @@ report on a tiny real sweep of each task whose numbers equal the event files' (s
 
 from __future__ import annotations
 
+import csv
+import json
 import math
 from pathlib import Path
 
@@ -124,3 +126,72 @@ def test_report_of_a_real_cnn_sweep(tmp_path: Path) -> None:
         f == f"cnn_misclassified_{best.name}.png" for f in figs)
     md = (sweep_dir / "report.md").read_text()
     assert "| model.l2=0 | 2/2 |" in md and "| model.l2=0.01 | 2/2 |" in md
+
+
+def write_run(sweep_dir: Path, name: str, cell: str, seed: int, val: list[float], test: float,
+              commit: str, diff: str = "") -> None:
+    """A finished CharLM run on disk as a sweep job leaves it: config, overrides, run.json with
+    its commit, TensorBoard scalars."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    run_dir = sweep_dir / name
+    (run_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save({"seed": seed, "model": {"_target_": "hw2.models.charlm.CharLM",
+                                            "net": {"cell": cell}},
+                    "callbacks": {"model_checkpoint": {"monitor": "val/bpc", "mode": "min"}}},
+                   run_dir / ".hydra" / "config.yaml")
+    OmegaConf.save([f"model.net.cell={cell}", f"seed={seed}"],
+                   run_dir / ".hydra" / "overrides.yaml")
+    git = {"commit": commit, "dirty": bool(diff), **({"diff_sha1": diff} if diff else {})}
+    (run_dir / "run.json").write_text(json.dumps(
+        {"status": "finished", "started": 100.0, "ended": 160.5, "attempts": 1, "git": git,
+         "metrics": {"trainer/global_step": 30.0}}))
+    with SummaryWriter(str(run_dir / "tensorboard")) as w:
+        for i, v in enumerate(val):
+            w.add_scalar("val/bpc", v, 10 * (i + 1))
+        w.add_scalar("test/bpc", test, 31)
+
+
+def test_report_flags_mixed_code_and_exports_the_table(tmp_path: Path) -> None:
+    a, b = "a" * 40, "b" * 40
+    write_run(tmp_path, "0", "rnn", 1, [3.1, 2.71828, 2.9], 2.80001, a)
+    write_run(tmp_path, "1", "rnn", 2, [3.3, 2.6], 2.75, b)  # same group, another commit
+    write_run(tmp_path, "2", "gru", 1, [3.0, 2.5], 2.5, a)
+    write_run(tmp_path, "3", "gru", 2, [3.2, 2.4], 2.45, a, diff="d1ff")  # + a diff: flagged
+    write_run(tmp_path, "4", "lstm", 1, [3.0, 2.2], 2.2, a)
+    write_run(tmp_path, "5", "lstm", 2, [3.0, 2.3], 2.3, a)  # same code: not flagged
+    build_report(tmp_path, samples=False)
+    md = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "| model.net.cell=rnn ⚠ 2 code versions | 2/2 |" in md
+    assert "| model.net.cell=gru ⚠ 2 code versions | 2/2 |" in md
+    assert "| model.net.cell=lstm | 2/2 |" in md
+    assert ("⚠ Runs of different code in one group (commit, +diff = uncommitted changes): "
+            "model.net.cell=rnn: aaaaaaa, bbbbbbb; model.net.cell=gru: aaaaaaa, "
+            "aaaaaaa+diff d1ff") in md
+    table = md_rows(tmp_path / "report.md")
+    header = next(line for line in md.splitlines() if line.startswith("| run |"))
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    assert table["3"][cols.index("commit")] == "aaaaaaa+dirty"
+
+    with (tmp_path / "runs.csv").open(newline="") as f:
+        csv_rows = list(csv.DictReader(f))
+    json_rows = json.loads((tmp_path / "runs.json").read_text())
+    assert [r["run"] for r in csv_rows] == [r["run"] for r in json_rows] == list("012345")
+    for c, j in zip(csv_rows, json_rows, strict=True):
+        cells = dict(zip(cols, table[c["run"]], strict=True))
+        for col, key in (("final val/bpc", "final_val"), ("best val/bpc", "best_val"),
+                         ("test/bpc", "test")):
+            assert f"{float(c[key]):.4f}" == cells[col] == f"{j[key]:.4f}"
+        assert c["commit"] == j["commit"] == cells["commit"]
+        assert int(c["steps"]) == j["steps"] == int(cells["steps"]) == 30
+        assert c["status"] == j["status"] == cells["status"] == "finished"
+        assert c["seed"] == str(j["seed"]) and j["seed"] in (1, 2)
+        assert c["overrides"] == f"model.net.cell={cells['model.net.cell']} seed={j['seed']}"
+        assert c["group"] == j["group"] == f"model.net.cell={cells['model.net.cell']}"
+    assert json_rows[0]["best_val"] == pytest.approx(2.71828, rel=1e-6)  # full precision
+    try:
+        import pandas
+    except ImportError:
+        return
+    frame = pandas.read_csv(tmp_path / "runs.csv")
+    assert list(frame["best_val"].round(4)) == [round(r["best_val"], 4) for r in json_rows]

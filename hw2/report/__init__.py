@@ -1,5 +1,6 @@
 """The answer of a sweep: `python -m hw2.report <run dir | sweep dir | log dir>` writes
-`report.md`, a self-contained `report.html` and `report_figures/*.png` into that directory.
+`report.md`, a self-contained `report.html`, `report_figures/*.png` and the run table as data
+(`runs.csv`, `runs.json`: one row per run, for pandas) into that directory.
 
 One section per task: a table of every run (failed and unfinished ones included), the seed
 groups with mean, std and n, learning curves per group, the metric against numeric swept keys,
@@ -8,12 +9,15 @@ weight histograms side by side, and the CNN's misclassified photos or the CharLM
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from hw2.report import figures
 from hw2.report.groups import Group, compare, group_runs, primary_metric
@@ -28,6 +32,9 @@ log = logging.getLogger(__name__)
 FIG_DIR = "report_figures"
 STUDY_FILE = "optuna_study.json"  # written by the hw2 Optuna sweeper into its sweep dir
 LABEL = {"final_val": "final val", "best_val": "best val", "test": "test"}
+EXPORT_COLUMNS = ["task", "run", "group", "overrides", "seed", "status", "commit", "monitor",
+                  "final_val", "best_val", "test", "params", "steps", "wall_s", "attempts",
+                  "error", "path"]
 
 
 def fmt(x: float | int | None, digits: int = 4) -> str:
@@ -55,11 +62,42 @@ def status_text(run: Run) -> str:
 def run_table(runs: list[Run], keys: list[str]) -> Table:
     m = runs[0].metric
     headers = ["run", *keys, f"final {runs[0].monitor}", f"best {runs[0].monitor}", f"test/{m}",
-               "params", "steps", "wall", "attempts", "status"]
+               "params", "steps", "wall", "commit", "attempts", "status"]
     rows = [[r.name, *[r.value(k) for k in keys], fmt(r.final_val), fmt(r.best_val), fmt(r.test),
-             fmt(r.params), fmt(r.steps), fmt_time(r.wall_s), str(r.attempts), status_text(r)]
+             fmt(r.params), fmt(r.steps), fmt_time(r.wall_s), r.commit or "-", str(r.attempts),
+             status_text(r)]
             for r in runs]
     return Table(headers, rows)
+
+
+def export_rows(task: str, runs: list[Run], groups: list[Group]) -> list[dict[str, Any]]:
+    """The run table as data, one dict per run (in the table's order) with full-precision
+    numbers, for `runs.csv`."""
+    label = {id(r): g.label for g in groups for r in g.runs}
+    out = []
+    for r in runs:
+        seed = r.value("seed")
+        out.append({"task": task, "run": r.name, "group": label[id(r)],
+                    "overrides": " ".join(r.overrides),
+                    "seed": int(seed) if seed.lstrip("-").isdigit() else None,
+                    "status": r.status, "commit": r.commit, "monitor": r.monitor,
+                    "final_val": r.final_val, "best_val": r.best_val, "test": r.test,
+                    "params": r.params, "steps": r.steps, "wall_s": r.wall_s,
+                    "attempts": r.attempts, "error": r.error, "path": str(r.path)})
+    return out
+
+
+def write_exports(root: Path, rows: list[dict[str, Any]]) -> None:
+    """`runs.csv` (pandas.read_csv) and `runs.json` (a list of objects; non-finite numbers as
+    null, since JSON has no NaN)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=EXPORT_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(root / "runs.csv", buf.getvalue())
+    clean = [{k: None if isinstance(v, float) and not math.isfinite(v) else v
+              for k, v in row.items()} for row in rows]
+    atomic_write_text(root / "runs.json", json.dumps(clean, indent=1) + "\n")
 
 
 def group_table(groups: list[Group], mode: str, metric_name: str) -> tuple[Table, str]:
@@ -86,12 +124,25 @@ def group_table(groups: list[Group], mode: str, metric_name: str) -> tuple[Table
             verdict = f"{c.delta:+.4f} ⚠ within seed spread"
         else:
             verdict = f"{c.delta:+.4f} beyond seed spread"
-        rows.append([g.label, f"{len(g.finished)}/{len(g.runs)}", *cells, verdict])
+        label = g.label + (f" ⚠ {len(g.commits)} code versions" if g.commits else "")
+        rows.append([label, f"{len(g.finished)}/{len(g.runs)}", *cells, verdict])
     return Table(headers, rows), primary
 
 
+def mixed_code_note(groups: list[Group]) -> Para | None:
+    """A warning naming the groups whose runs were made by different code."""
+    mixed = [g for g in groups if g.commits]
+    if not mixed:
+        return None
+    return Para("⚠ Runs of different code in one group (commit, +diff = uncommitted changes): "
+                + "; ".join(f"{g.label}: {', '.join(g.commits)}" for g in mixed)
+                + ". Their spread mixes code changes with seeds; each run's run.json and "
+                "git.diff say what it ran.")
+
+
 def section(task: str, runs: list[Run], fig_dir: Path, group_by: Sequence[str] | None,
-            samples: bool) -> list[Block]:
+            samples: bool) -> tuple[list[Block], list[dict[str, Any]]]:
+    """The task's blocks and its rows for `runs.csv`."""
     blocks: list[Block] = [Heading(f"{task}: {len(runs)} run(s)")]
     keys = differing_keys(runs)
     gkeys = list(group_by) if group_by is not None else [k for k in keys if k != "seed"]
@@ -109,6 +160,9 @@ def section(task: str, runs: list[Run], fig_dir: Path, group_by: Sequence[str] |
                Para("⚠ marks a group whose difference to the best group is no larger than the "
                     "spread over seeds (the larger standard deviation of the two): not a "
                     "difference the runs can show.")]
+    note = mixed_code_note(groups)
+    if note is not None:
+        blocks.append(note)
     figs: list[Image] = []
     p = figures.learning_curves(groups, metric, fig_dir / f"{task}_curves.png")
     if p:
@@ -135,7 +189,7 @@ def section(task: str, runs: list[Run], fig_dir: Path, group_by: Sequence[str] |
         blocks.append(Image(path, f"misclassified test photos of the best run ({best.path})"))
     if task == "charlm" and samples:
         blocks += charlm_samples(groups)
-    return blocks
+    return blocks, export_rows(task, runs, groups)
 
 
 def sample_checkpoint(run: Run) -> Path | None:
@@ -219,9 +273,13 @@ def build_report(root: str | Path, group_by: Sequence[str] | None = None,
     tasks: dict[str, list[Run]] = {}
     for run in runs:
         tasks.setdefault(run.task, []).append(run)
+    rows: list[dict[str, Any]] = []
     for task, task_runs in tasks.items():
-        blocks += section(task, task_runs, fig_dir, group_by, samples)
+        task_blocks, task_rows = section(task, task_runs, fig_dir, group_by, samples)
+        blocks += task_blocks
+        rows += task_rows
     blocks += search_section(root, fig_dir)
+    write_exports(root, rows)
     atomic_write_text(root / "report.md", to_markdown(blocks, root))
     html_path = root / "report.html"
     atomic_write_text(html_path, to_html(blocks, f"hw2 report: {root.name}"))

@@ -45,6 +45,17 @@ class Group:
         """Over the finished runs only: a crashed run's partial numbers would bias the mean."""
         return stat([getattr(r, metric) for r in self.finished])
 
+    @property
+    def commits(self) -> list[str]:
+        """The code its runs were made by, when that is more than one commit (or diff): such a
+        group may compare code changes rather than seeds."""
+        code: set[tuple[str, str]] = set()
+        for run in self.runs:
+            code |= run.code
+        if len(code) < 2:
+            return []
+        return sorted(c[:7] + ("+diff " + d[:6] if d else "") for c, d in code)
+
     def best_run(self) -> Run | None:
         """The run with the best validation metric (finished ones first)."""
         pool = [r for r in self.finished if r.best_val is not None] or \

@@ -13,6 +13,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from hw2.runs.checkpoints import CHECKPOINT_DIR
+from hw2.runs.provenance import code_identities, commit_label
 from hw2.runs.record import read_record, status_of
 
 SKIP_PARTS = {".submitit", "report_figures", CHECKPOINT_DIR, "tensorboard"}
@@ -104,6 +105,16 @@ class Run:
     @property
     def error(self) -> str | None:
         return (self.record or {}).get("error")
+
+    @property
+    def commit(self) -> str | None:
+        """Short commit of the code, `+dirty` for uncommitted changes; None when not recorded."""
+        return commit_label(self.record)
+
+    @property
+    def code(self) -> set[tuple[str, str]]:
+        """(commit, diff hash) of the code of each attempt: runs by the same code share it."""
+        return code_identities(self.record)
 
     @property
     def attempts(self) -> int:

@@ -72,6 +72,7 @@ class RunRecord:
     def __init__(self, run_dir: str | os.PathLike) -> None:
         self.path = Path(run_dir) / RECORD_NAME
         old = read_record(run_dir) or {}
+        self.previous = old  # the earlier attempt's record ({} for a new run)
         self.data: dict[str, Any] = {
             "status": "running",
             "pid": os.getpid(),
@@ -83,8 +84,13 @@ class RunRecord:
         }
         self.write()
 
+    @property
+    def writer(self) -> bool:
+        """DDP ranks > 0 share the run directory: rank 0 speaks for the run."""
+        return _rank() == 0
+
     def write(self) -> None:
-        if _rank() == 0:  # DDP ranks > 0 share the run directory: rank 0 speaks for the run
+        if self.writer:
             atomic_write_json(self.path, self.data)
 
     def update(self, **fields: Any) -> None:

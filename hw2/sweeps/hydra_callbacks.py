@@ -5,6 +5,8 @@
 - `SweepReport`: every multirun ends in its report and a summary of the jobs that failed. Jobs
   survive failures in `hw2.sweeps.job.run_job`; here the sweep as a whole exits non-zero when
   any job did not finish, so scripts and CI see it.
+- `MlflowSweep`: with `logger=mlflow`, the sweep's MLflow parent run, made before the first job
+  so every job's run nests under it; `SweepReport` ends it with the report as its artifacts.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from hw2.runs import tracking
 from hw2.utils.fileio import UnwritablePathError, writable_dir
 
 log = logging.getLogger(__name__)
@@ -71,6 +74,12 @@ class SweepReport(Callback):
                 lines.append(f"report failed ({type(e).__name__}: {e}); retry: "
                              f"python -m hw2.report {sweep_dir}")
         bad = unfinished_jobs(sweep_dir)
+        try:
+            parent = tracking.finish_sweep_parent(sweep_dir, all_finished=not bad)
+            if parent:
+                lines.append(f"mlflow: the sweep is parent run {parent}")
+        except Exception as e:  # the report is on disk either way
+            log.warning("could not finish the sweep's MLflow run: %s", e)
         if bad:
             lines.append(f"{len(bad)} job(s) did not finish:")
             lines += [f"  {d}: {status}{': ' + err if err else ''}" for d, status, err in bad]
@@ -79,3 +88,18 @@ class SweepReport(Callback):
         print("\n".join(lines), flush=True)
         if bad and self.exit_nonzero_on_failure:
             sys.exit(1)  # SystemExit passes Hydra's callback guard: the sweep's exit status
+
+
+class MlflowSweep(Callback):
+    """With an MLflow logger configured: the sweep's parent run, created once per sweep dir
+    (`mlflow_parent.json`) and reused when the sweep is run again into the same dir."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        node = tracking.mlflow_node(config.get("logger"))
+        if node is None:
+            return
+        if not HydraConfig.initialized():  # ${hydra:...} in the sweep dir and task name
+            HydraConfig.instance().set_config(config)
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        run_id = tracking.ensure_sweep_parent(sweep_dir, node, str(node.experiment_name))
+        log.info("MLflow parent run of %s: %s", sweep_dir, run_id)
