@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import threading
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,15 @@ from optuna.trial import FrozenTrial
 DEFAULT_STUDY = "search"
 TRIAL_KEY = "optuna_trial"  # a job's config key holding its trial number (conf/train.yaml)
 DB_NAME = "optuna.db"
+
+
+@contextmanager
+def quiet() -> Iterator[None]:
+    """Optuna's heartbeat and retry API, stable since 2.8/2.9, still warns "experimental" on
+    every call."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        yield
 
 
 def storage_url(storage: str | None, sweep_dir: str | Path) -> str:
@@ -44,11 +54,10 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
         raise ValueError(f"hydra.sweeper.grace_period={grace_period} is not longer than "
                          f"heartbeat_interval={heartbeat_interval}: a live trial would be failed; "
                          "give at least twice the interval")
-    retry = None
-    if heartbeat_interval is not None and max_retry != 0:
-        retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
-    with warnings.catch_warnings():  # the heartbeat is "experimental" since Optuna 2.9
-        warnings.simplefilter("ignore", ExperimentalWarning)
+    with quiet():
+        retry = None
+        if heartbeat_interval is not None and max_retry != 0:
+            retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
         return RDBStorage(url, heartbeat_interval=heartbeat_interval and int(heartbeat_interval),
                           grace_period=grace_period and int(grace_period),
                           heartbeat_stale_trial_callback=retry)
@@ -64,21 +73,22 @@ def retried_numbers(trials: Iterable[FrozenTrial]) -> set[int]:
     """Numbers of the stale trials that the heartbeat re-queued (they ran again under another
     number, so they do not count as finished)."""
     out: set[int] = set()
-    for t in trials:
-        out.update(RetryHeartbeatStaleTrialCallback.retry_history(t))
+    with quiet():
+        for t in trials:
+            out.update(RetryHeartbeatStaleTrialCallback.retry_history(t))
     return out
 
 
 def retry_of(trial: FrozenTrial) -> int | None:
     """The number of the stale trial whose parameters `trial` runs again, if it is a retry."""
-    history = RetryHeartbeatStaleTrialCallback.retry_history(trial)
+    with quiet():
+        history = RetryHeartbeatStaleTrialCallback.retry_history(trial)
     return history[-1] if history else None
 
 
 def fail_stale(study: optuna.Study) -> None:
     """Optuna's `fail_stale_trials` (a no-op without a heartbeat), its warning silenced."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ExperimentalWarning)
+    with quiet():
         optuna.storages.fail_stale_trials(study)
 
 

@@ -68,8 +68,7 @@ from hw2.utils.optuna_study import (
 log = logging.getLogger(__name__)
 
 STUDY_FILE = "optuna_study.json"
-COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING,
-           TrialState.WAITING)
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
 
 
 def distribution(override: Override) -> BaseDistribution | None:
@@ -148,8 +147,9 @@ class OptunaSweeper(Sweeper):
 
     @staticmethod
     def counted(trials: list[FrozenTrial]) -> int:
-        """Trials that count towards `n_trials`: finished, running or queued, except the stale
-        ones the heartbeat queued again (their retry counts instead)."""
+        """Trials that count towards `n_trials`: finished or running, except the stale ones the
+        heartbeat queued again: their retry (WAITING) is still to run, and the next `ask` of
+        any worker takes it before sampling new parameters."""
         retried = retried_numbers(trials)
         return sum(1 for t in trials if t.state in COUNTED and t.number not in retried)
 
@@ -165,7 +165,9 @@ class OptunaSweeper(Sweeper):
         trials = [{"number": t.number, "state": t.state.name, "value": t.value,
                    "params": t.params, "stale": t.number in retried, "retry_of": retry_of(t),
                    "worker": t.user_attrs.get("worker"),
-                   "steps": len(t.intermediate_values)}
+                   "steps": len(t.intermediate_values),
+                   "last_value": t.intermediate_values[t.last_step]
+                   if t.last_step is not None else None}
                   for t in all_trials]
         atomic_write_json(self.sweep_dir / STUDY_FILE, {
             "study_name": study.study_name, "storage": shown, "metric": metric,
@@ -242,9 +244,13 @@ class OptunaSweeper(Sweeper):
                 value = None
             # a pruned job has told its trial PRUNED itself (hw2.callbacks.pruning)
             if isinstance(value, (int, float)) and math.isfinite(value):
-                study.tell(t, float(value), skip_if_finished=True)
+                told = study.tell(t, float(value), skip_if_finished=True)
             else:
-                study.tell(t, state=TrialState.FAIL, skip_if_finished=True)
+                told = study.tell(t, state=TrialState.FAIL, skip_if_finished=True)
+            if told.state == TrialState.FAIL and told.number in retried_numbers(study.trials):
+                log.warning("trial %d was failed by another worker (no heartbeat for longer than "
+                            "the grace period) and re-queued: its result is dropped. A busy "
+                            "machine? raise hydra.sweeper.grace_period", t.number)
             if beat is not None:
                 beat.remove(i)
 
