@@ -9,7 +9,9 @@ parameters are queued again (`RetryHeartbeatStaleTrialCallback`).
 
 from __future__ import annotations
 
+import random
 import threading
+import time
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -20,6 +22,7 @@ import optuna
 from optuna.exceptions import ExperimentalWarning
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 DEFAULT_STUDY = "search"
 TRIAL_KEY = "optuna_trial"  # a job's config key holding its trial number (conf/train.yaml)
@@ -58,9 +61,20 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
         retry = None
         if heartbeat_interval is not None and max_retry != 0:
             retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
-        return RDBStorage(url, heartbeat_interval=heartbeat_interval and int(heartbeat_interval),
-                          grace_period=grace_period and int(grace_period),
-                          heartbeat_stale_trial_callback=retry)
+        for attempt in range(5):
+            try:
+                return RDBStorage(url, heartbeat_interval=heartbeat_interval and
+                                  int(heartbeat_interval),
+                                  grace_period=grace_period and int(grace_period),
+                                  heartbeat_stale_trial_callback=retry)
+            except (IntegrityError, OperationalError):
+                # workers starting together on a new database race to create its tables and
+                # schema version ("table ... already exists", a duplicate alembic_version row):
+                # the losers find them made on the next try (an unreachable server: 5 tries)
+                if attempt == 4:
+                    raise
+                time.sleep(0.5 + random.random())
+    raise AssertionError("unreachable")
 
 
 def trial_id(storage: RDBStorage, study_name: str, number: int) -> int:
