@@ -86,8 +86,10 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> dict[st
         record.update(overrides=job_overrides(), resumed_from=cfg.ckpt_path,
                       device=str(cfg.trainer.get("accelerator", "auto")),
                       gpu=os.environ.get("CUDA_VISIBLE_DEVICES"))
-        metrics = _run(cfg, extra_callbacks)
+        metrics, pruned = _run(cfg, extra_callbacks)
         record.update(metrics=metrics)
+        if pruned:  # stopped by Optuna's pruner (hw2.callbacks.pruning): a normal end
+            record.end("pruned")
         return metrics
 
 
@@ -96,7 +98,9 @@ def _local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0")))
 
 
-def _run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback]) -> dict[str, float]:
+def _run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback]
+         ) -> tuple[dict[str, float], bool]:
+    """(final metrics, whether an Optuna pruner stopped the fit)."""
     accelerator = str(cfg.trainer.get("accelerator", "auto"))
     if cfg.get("tune_malloc") and not uses_cuda(accelerator):
         tune_malloc()  # a CPU measure (bench/framework_tax.py); not measured helpful on a GPU
@@ -136,11 +140,13 @@ def _run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback]) -> dict[str, f
     )
 
     metrics: dict[str, float] = {}
+    pruned = False
     if cfg.get("train"):
         log_hparams_at_start(cfg, trainer, resuming=ckpt_path is not None)
         fit(cfg, trainer, model, datamodule, ckpt_path)
         metrics.update(scalars(trainer.callback_metrics))
-    if cfg.get("test"):
+        pruned = any(getattr(cb, "pruned", False) for cb in trainer.callbacks)
+    if cfg.get("test") and not pruned:  # a pruned trial's test would only hold its slot
         if cfg.get("train"):
             cb = trainer.checkpoint_callback
             test_ckpt = "best" if cb is not None and cb.best_model_path else None
@@ -167,7 +173,7 @@ def _run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback]) -> dict[str, f
             logger.log_hyperparams(flat_hparams(cfg))
         logger.save()
     report(cfg, trainer, metrics)
-    return metrics
+    return metrics, pruned
 
 
 def make_loggers(cfg: DictConfig, purge_step: int | None = None) -> list[Any]:

@@ -117,3 +117,49 @@ def test_stopped_search_continues_the_same_study(tmp_path: Path, small_text: Pat
     assert [t["number"] for t in summary["trials"]] == [0, 1, 2]
     md = (sweep_dir / "report.md").read_text()
     assert "## Search: study 'search'" in md and "Best trial: #" in md
+
+
+@pytest.mark.slow
+def test_pruned_trials_stop_early_and_are_a_normal_outcome(tmp_path: Path,
+                                                           small_text: Path) -> None:
+    """MedianPruner on a search whose trials come from a queue: two good learning rates, then a
+    hopeless one (lr 1e-6), a good one, a hopeless one. Each job reports its validations to its
+    trial; the hopeless ones are pruned at their first validation: the job stops there (fewer
+    steps, checkpoint kept, no test), run.json says `pruned`, the trial is PRUNED, the next trial
+    runs, and the sweep ends with status 0 and a report that lists them as pruned."""
+    sweep_dir = tmp_path / "search"
+    sweep_dir.mkdir()
+    study = optuna.create_study(study_name="search", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+    for lr in (0.05, 0.05, 1e-6, 0.05, 1e-6):
+        study.enqueue_trial({"model.optimizer.lr": lr, "model.hidden_size": 8,
+                             "data.seq_len": 8, "model.dropout": 0.0})
+    out = sweep(["hparams_search=charlm_optuna", *TINY_CHARLM, f"data.corpus.path={small_text}",
+                 "trainer.limit_train_batches=12", "trainer.val_check_interval=4",
+                 f"paths.root_dir={tmp_path}", f"hydra.sweep.dir={sweep_dir}",
+                 "model.hidden_size=choice(8,12)", "data.seq_len=choice(8,16)",
+                 "hydra.sweeper.n_trials=5", "hydra/sweeper/pruner=median",
+                 "hydra.sweeper.pruner.n_startup_trials=2", "hydra.sweeper.pruner.n_warmup_steps=0",
+                 "hydra.callbacks.sweep_report.samples=false"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    study = optuna.load_study(study_name="search", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+    states = [t.state for t in study.trials]
+    assert states == [TrialState.COMPLETE] * 2 + [TrialState.PRUNED, TrialState.COMPLETE,
+                                                  TrialState.PRUNED], states
+    for t in study.trials:
+        rec = read_record(sweep_dir / str(t.number))
+        assert rec is not None
+        steps = rec["metrics"]["trainer/global_step"]
+        if t.state == TrialState.PRUNED:
+            # stopped at the first validation (step 4; Lightning may run one more step and
+            # validation after should_stop) of 12 steps, its checkpoints kept, not tested
+            assert rec["status"] == "pruned" and 4 <= steps < 12
+            assert list(t.intermediate_values) == [0]
+            assert (sweep_dir / str(t.number) / "checkpoints" / "last.ckpt").is_file()
+            assert not any(k.startswith("test/") for k in rec["metrics"])
+        else:
+            assert rec["status"] == "finished" and steps == 12
+            assert list(t.intermediate_values) == [0, 1, 2]
+    md = (sweep_dir / "report.md").read_text()
+    assert "2 pruned" in md and md.count("| PRUNED |") == 2
+    assert "did not finish" not in out.stdout
+    assert (sweep_dir / "report_figures" / "search_objective.png").is_file()
