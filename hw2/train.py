@@ -106,8 +106,10 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> dict[st
                           device=accelerator, gpu=os.environ.get("CUDA_VISIBLE_DEVICES"))
             if record.writer:  # the code and libraries that ran (git.diff if the tree is dirty)
                 record.update(**provenance(cfg.paths.output_dir, accelerator, record.previous))
-            metrics = _run(cfg, extra_callbacks, record)
+            metrics, pruned = _run(cfg, extra_callbacks, record)
             record.update(metrics=metrics)
+            if pruned:  # stopped by Optuna's pruner (hw2.callbacks.pruning): a normal end
+                record.end("pruned")
             return metrics
     finally:
         if record is not None and record.writer:
@@ -130,7 +132,8 @@ def _local_rank() -> int:
 
 
 def _run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback], record: RunRecord
-         ) -> dict[str, float]:
+         ) -> tuple[dict[str, float], bool]:
+    """(final metrics, whether an Optuna pruner stopped the fit)."""
     accelerator = str(cfg.trainer.get("accelerator", "auto"))
     if cfg.get("tune_malloc") and not uses_cuda(accelerator):
         tune_malloc()  # a CPU measure (bench/framework_tax.py); not measured helpful on a GPU
@@ -177,11 +180,13 @@ def _run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback], record: RunRec
     )
 
     metrics: dict[str, float] = {}
+    pruned = False
     if cfg.get("train"):
         log_hparams_at_start(cfg, trainer, resuming=ckpt_path is not None)
         fit(cfg, trainer, model, datamodule, ckpt_path)
         metrics.update(scalars(trainer.callback_metrics))
-    if cfg.get("test"):
+        pruned = any(getattr(cb, "pruned", False) for cb in trainer.callbacks)
+    if cfg.get("test") and not pruned:  # a pruned trial's test would only hold its slot
         test_ckpt = tested_checkpoint(trainer) if cfg.get("train") else None
         # test-only: load_for_data loaded the weights
         trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt)
@@ -202,7 +207,7 @@ def _run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback], record: RunRec
             log_params(logger, logged_hparams(cfg))
         logger.save()
     report(cfg, trainer, metrics, record.data)
-    return metrics
+    return metrics, pruned
 
 
 def start_from(cfg: DictConfig, datamodule: pl.LightningDataModule) -> dict[str, Any] | None:

@@ -1,10 +1,15 @@
-"""hparams_search: the hw2_optuna sweeper's search space parsing, stale-trial recovery, and a
-study that continues where a stopped search left it (same SQLite study, 2 then 3 trials)."""
+"""hparams_search: the hw2_optuna sweeper's search space parsing, heartbeat recovery of a killed
+worker's trial, and a study that continues where a stopped search left it (same SQLite study,
+2 then 3 trials)."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -13,7 +18,8 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from hw2.runs.record import read_record
-from hydra_plugins.hw2_optuna_sweeper.optuna_sweeper import STALE, OptunaSweeper, search_space
+from hw2.utils.optuna_study import fail_stale, open_storage, retry_of
+from hydra_plugins.hw2_optuna_sweeper.optuna_sweeper import OptunaSweeper, search_space
 from tests.helpers.sweeps import TINY_CHARLM, sweep
 
 
@@ -33,19 +39,53 @@ def test_search_space_uses_the_optuna_sweeper_syntax() -> None:
     assert fixed == ["seed=7"]
 
 
-def test_trial_of_a_dead_process_is_failed_and_queued_again(tmp_path: Path) -> None:
-    storage = f"sqlite:///{tmp_path / 'study.db'}"
+WORKER = """
+import sys, time
+import optuna
+from optuna.distributions import FloatDistribution
+from hw2.utils.optuna_study import Heartbeat, open_storage, trial_id
+
+storage = open_storage(sys.argv[1], heartbeat_interval=1, grace_period=2)
+study = optuna.load_study(study_name="s", storage=storage)
+trial = study.ask({"x": FloatDistribution(0, 1)})
+with Heartbeat(study, storage, 1) as beat:
+    beat.add(trial_id(storage, "s", trial.number))
+    print("running", trial.number, flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.mark.slow  # ~2 s of grace period after a worker's start-up: ~6 s on 2 busy cores
+def test_trial_of_a_killed_worker_is_failed_by_the_heartbeat_and_run_again(
+        tmp_path: Path) -> None:
+    """A worker process beats for its trial; SIGKILLed, it loses it: another worker's
+    `fail_stale` marks it FAIL one grace period later (no pid or host check) and queues its
+    parameters, which the next `ask` gets; the retry counts, the stale one not. (That a live
+    worker keeps its trial: the slow PostgreSQL test, tests/test_optuna_workers.py.)"""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    storage = open_storage(url, heartbeat_interval=1, grace_period=2)
     study = optuna.create_study(study_name="s", storage=storage)
-    trial = study.ask({"x": FloatDistribution(0, 1)})
-    trial.set_user_attr("host", os.uname().nodename)
-    trial.set_user_attr("pid", 2**22 + 12345)  # beyond pid_max: no such process
-    sweeper = OptunaSweeper(n_trials=3)
-    sweeper._release_stale(study)
-    old = study.trials[0]
-    assert old.state == TrialState.FAIL and old.user_attrs[STALE]
-    assert sweeper._counted(study) == 0  # not counted towards n_trials
+    worker = subprocess.Popen([sys.executable, "-c", WORKER, url], stdout=subprocess.PIPE,
+                              text=True, cwd=Path(__file__).parents[1])
+    try:
+        assert worker.stdout is not None and worker.stdout.readline().startswith("running")
+        fail_stale(study)
+        assert study.trials[0].state == TrialState.RUNNING
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait()
+        deadline = time.monotonic() + 10
+        while study.trials[0].state == TrialState.RUNNING and time.monotonic() < deadline:
+            time.sleep(0.5)
+            fail_stale(study)
+    finally:
+        worker.kill()
+        worker.wait()
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert retry_of(trials[1]) == 0 and trials[1].params == trials[0].params
+    assert OptunaSweeper.counted(trials) == 1  # the retry, not the dead trial
     again = study.ask({"x": FloatDistribution(0, 1)})
-    assert again.params == old.params  # the same parameters run again
+    assert again.number == 1 and again.params == trials[0].params
 
 
 @pytest.mark.slow
@@ -72,8 +112,55 @@ def test_stopped_search_continues_the_same_study(tmp_path: Path, small_text: Pat
     rec = read_record(sweep_dir / "2")
     assert rec["attempts"] == 1 and rec["status"] == "finished"
     assert study.trials[2].value == pytest.approx(rec["metrics"]["best/val/bpc"])
-    assert rec["overrides"][-2:] == [f"{k}={v}" for k, v in study.trials[2].params.items()][-2:]
+    assert rec["overrides"][-3:] == [*[f"{k}={v}" for k, v in study.trials[2].params.items()][-2:],
+                                     "optuna_trial=2"]  # the job knows its trial
     summary = json.loads((sweep_dir / "optuna_study.json").read_text())
     assert [t["number"] for t in summary["trials"]] == [0, 1, 2]
     md = (sweep_dir / "report.md").read_text()
     assert "## Search: study 'search'" in md and "Best trial: #" in md
+
+
+@pytest.mark.slow
+def test_pruned_trials_stop_early_and_are_a_normal_outcome(tmp_path: Path,
+                                                           small_text: Path) -> None:
+    """MedianPruner on a search whose trials come from a queue: two good learning rates, then a
+    hopeless one (lr 1e-6), a good one, a hopeless one. Each job reports its validations to its
+    trial; the hopeless ones are pruned at their first validation: the job stops there (fewer
+    steps, checkpoint kept, no test), run.json says `pruned`, the trial is PRUNED, the next trial
+    runs, and the sweep ends with status 0 and a report that lists them as pruned."""
+    sweep_dir = tmp_path / "search"
+    sweep_dir.mkdir()
+    study = optuna.create_study(study_name="search", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+    for lr in (0.05, 0.05, 1e-6, 0.05, 1e-6):
+        study.enqueue_trial({"model.optimizer.lr": lr, "model.hidden_size": 8,
+                             "data.seq_len": 8, "model.dropout": 0.0})
+    out = sweep(["hparams_search=charlm_optuna", *TINY_CHARLM, f"data.corpus.path={small_text}",
+                 "trainer.limit_train_batches=12", "trainer.val_check_interval=4",
+                 f"paths.root_dir={tmp_path}", f"hydra.sweep.dir={sweep_dir}",
+                 "model.hidden_size=choice(8,12)", "data.seq_len=choice(8,16)",
+                 "hydra.sweeper.n_trials=5", "hydra/sweeper/pruner=median",
+                 "hydra.sweeper.pruner.n_startup_trials=2", "hydra.sweeper.pruner.n_warmup_steps=0",
+                 "hydra.callbacks.sweep_report.samples=false"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    study = optuna.load_study(study_name="search", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+    states = [t.state for t in study.trials]
+    assert states == [TrialState.COMPLETE] * 2 + [TrialState.PRUNED, TrialState.COMPLETE,
+                                                  TrialState.PRUNED], states
+    for t in study.trials:
+        rec = read_record(sweep_dir / str(t.number))
+        assert rec is not None
+        steps = rec["metrics"]["trainer/global_step"]
+        if t.state == TrialState.PRUNED:
+            # stopped at the first validation (step 4; Lightning may run one more step and
+            # validation after should_stop) of 12 steps, its checkpoints kept, not tested
+            assert rec["status"] == "pruned" and 4 <= steps < 12
+            assert list(t.intermediate_values) == [0]
+            assert (sweep_dir / str(t.number) / "checkpoints" / "last.ckpt").is_file()
+            assert not any(k.startswith("test/") for k in rec["metrics"])
+        else:
+            assert rec["status"] == "finished" and steps == 12
+            assert list(t.intermediate_values) == [0, 1, 2]
+    md = (sweep_dir / "report.md").read_text()
+    assert "2 pruned" in md and md.count("| PRUNED |") == 2
+    assert "did not finish" not in out.stdout
+    assert (sweep_dir / "report_figures" / "search_objective.png").is_file()

@@ -149,7 +149,7 @@ def section(task: str, runs: list[Run], fig_dir: Path, group_by: Sequence[str] |
     groups = group_runs(runs, gkeys)
     mode, metric = runs[0].mode, runs[0].metric
     counts = {s: sum(r.status == s for r in runs) for s in
-              ("finished", "failed", "interrupted", "running")}
+              ("finished", "pruned", "failed", "interrupted", "running")}
     blocks.append(Para(f"Swept keys: {', '.join(keys) or 'none'}; grouped by "
                        f"{', '.join(gkeys) or 'nothing (one group)'}; checkpoint metric "
                        f"{runs[0].monitor} ({mode}). "
@@ -231,7 +231,9 @@ def search_section(root: Path, fig_dir: Path) -> list[Block]:
     trials = info.get("trials", [])
     metric, direction = str(info.get("metric")), str(info.get("direction"))
     keys = sorted({k for t in trials for k in t["params"]})
-    rows = [[str(t["number"]), t["state"] + (" (process died, retried)" if t.get("stale") else ""),
+    again = {t["retry_of"]: t["number"] for t in trials if t.get("retry_of") is not None}
+    rows = [[str(t["number"]), t["state"] + (f" (worker died, re-run as #{again[t['number']]})"
+                                             if t["number"] in again else ""),
              fmt(t["value"]), *[fmt(v) if isinstance(v := t["params"].get(k), float) else
                                 str(v if v is not None else "-") for k in keys]]
             for t in trials]
@@ -248,10 +250,12 @@ def search_section(root: Path, fig_dir: Path) -> list[Block]:
     else:
         blocks.append(Para("No trial has completed yet."))
     blocks.append(Table(["trial", "state", "objective", *keys], rows))
-    p = figures.objective_vs_trial([(t["number"], t["value"], t["state"]) for t in trials],
-                                   direction, metric, fig_dir / "search_objective.png")
+    p = figures.objective_vs_trial(
+        [(t["number"], t["value"] if t["state"] != "PRUNED" else t.get("last_value"), t["state"])
+         for t in trials], direction, metric, fig_dir / "search_objective.png")
     if p:
-        blocks.append(Image(p, "objective against the trial number (red: best so far)"))
+        blocks.append(Image(p, "objective against the trial number (line: best so far; pruned "
+                               "trials at their last reported validation)"))
     return blocks
 
 
@@ -286,13 +290,26 @@ def build_report(root: str | Path, group_by: Sequence[str] | None = None,
     return html_path
 
 
+def retried_trials(root: Path) -> set[str]:
+    """Run dirs (trial numbers) of an Optuna search whose worker died and whose parameters
+    ran again as another trial (`optuna_study.json`): not a job left to re-run."""
+    try:
+        info = json.loads((root / STUDY_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    return {str(t["number"]) for t in info.get("trials", []) if t.get("stale")}
+
+
 def unfinished_jobs(root: str | Path) -> list[tuple[Path, str, str]]:
     """(run dir, status, last error line) of every run under `root` that did not finish, from
-    the runs' own records (cheap: no events are read)."""
+    the runs' own records (cheap: no events are read); retried Optuna trials left out."""
     out = []
+    retried = retried_trials(Path(root))
     for run_dir in find_run_dirs(Path(root)):
+        if run_dir.parent == Path(root) and run_dir.name in retried:
+            continue
         record = read_record(run_dir)
         status = status_of(record) if record else "unknown"
-        if status not in ("finished", "running"):
+        if status not in ("finished", "pruned", "running"):  # pruned: Optuna's pruner stopped it
             out.append((run_dir, status, str((record or {}).get("error") or "")))
     return out

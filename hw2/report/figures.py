@@ -174,7 +174,8 @@ def weight_histograms(runs: list[tuple[str, Run]], path: Path, max_layers: int =
 
 def objective_vs_trial(trials: list[tuple[int, float | None, str]], direction: str,
                        metric: str, path: Path) -> Path | None:
-    """An Optuna search: each trial's objective and the best so far."""
+    """An Optuna search: each trial's objective and the best so far; pruned trials at their
+    last reported value (`value`, their state PRUNED), failed ones on the best line."""
     done = [(n, v) for n, v, state in trials if v is not None and state == "COMPLETE"]
     if not done:
         return None
@@ -186,7 +187,10 @@ def objective_vs_trial(trials: list[tuple[int, float | None, str]], direction: s
         running = v if running is None else (min if direction == "minimize" else max)(running, v)
         best.append(running)
     ax.step([n for n, _ in done], best, where="post", color="C3", label="best so far")
-    failed = [n for n, v, state in trials if state != "COMPLETE"]
+    pruned = [(n, v) for n, v, state in trials if state == "PRUNED" and v is not None]
+    if pruned:
+        ax.plot([n for n, _ in pruned], [v for _, v in pruned], "v", color="C7", label="pruned")
+    failed = [n for n, v, state in trials if state not in ("COMPLETE", "PRUNED")]
     if failed:
         ax.plot(failed, [best[-1]] * len(failed), "x", color="k", label="failed/unfinished")
     ax.set_xlabel("trial")

@@ -233,7 +233,8 @@ def override_keys(runs: Iterable[Run]) -> list[str]:
     for run in runs:
         for ov in run.overrides:
             k, sep, _ = ov.lstrip("+~").partition("=")
-            if sep and not k.startswith("hydra."):
+            # optuna_trial: an Optuna trial's number, the same as its run's name
+            if sep and not k.startswith("hydra.") and k != "optuna_trial":
                 keys[k] = None
     return list(keys)
 

@@ -24,7 +24,8 @@ from hw2.utils.fileio import atomic_write_json
 from hw2.utils.process import pid_alive
 
 RECORD_NAME = "run.json"
-STATUSES = ("running", "finished", "failed", "interrupted")
+STATUSES = ("running", "finished", "pruned", "failed", "interrupted")
+DONE = ("finished", "pruned")  # a normal end: a re-run skips the job (pruned: by Optuna's pruner)
 
 
 def read_record(run_dir: str | os.PathLike) -> dict[str, Any] | None:
@@ -54,7 +55,7 @@ def job_overrides() -> list[str] | None:
 
 
 def status_of(record: Mapping[str, Any] | None) -> str:
-    """finished / failed / interrupted / running; a `running` record whose process is gone
+    """finished / pruned / failed / interrupted / running; a `running` record whose process is gone
     (on this host) counts as interrupted."""
     if not record:
         return "interrupted"

@@ -16,7 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from hw2.runs.record import job_overrides, read_record, status_of
+from hw2.runs.record import DONE, job_overrides, read_record, status_of
 from hw2.sweeps.gpu_slots import run_in_gpu_slot
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,8 @@ def run_job(cfg: DictConfig, train: Callable[[DictConfig], dict[str, float]]) ->
     - with `spread_gpus=true` (launcher=local_gpus) the job locks a free GPU of the pool and
       trains in a child process that sees only it (`hw2.sweeps.gpu_slots`);
     - a job dir holding a different run stops the sweep (SweepDirConflict);
-    - a finished earlier attempt with the same overrides is skipped (its recorded metrics count);
+    - a finished (or pruned) earlier attempt with the same overrides is skipped (its recorded
+      metrics count);
     - an interrupted (or failed) one runs again in its directory, where `resume=auto`
       (`hw2/runs/resume.py`) continues it from `<job dir>/checkpoints/last.ckpt`;
     - in a multirun an exception is logged and recorded (`run.json`: failed + its last line)
@@ -78,9 +79,9 @@ def run_job(cfg: DictConfig, train: Callable[[DictConfig], dict[str, float]]) ->
     previous = previous_attempt(out_dir, job_overrides()) if multirun else None
     if previous is not None:
         status, record = previous
-        if status == "finished" and cfg.get("skip_finished", True):
-            log.info("skipping %s: finished in an earlier attempt (run.json)", out_dir)
-            print(f"skipped (finished before): {out_dir}", flush=True)
+        if status in DONE and cfg.get("skip_finished", True):
+            log.info("skipping %s: %s in an earlier attempt (run.json)", out_dir, status)
+            print(f"skipped ({status} before): {out_dir}", flush=True)
             return objective(record.get("metrics") or {}, metric)
     if not multirun:
         return objective(train(cfg), metric)

@@ -12,8 +12,14 @@ SQLAlchemy 2, its 1.4 line needs pre-release hydra-core. This is a thin layer ov
   share it (each counts the others' running trials);
 - each trial is one job of the configured launcher (`launcher=local_gpus`: one GPU per trial),
   in `<sweep dir>/<trial number>/`; a failed job is a FAIL trial, the search goes on;
-- a trial left RUNNING by a process that died on this host is marked FAIL and its parameters
-  are queued again;
+- with `heartbeat_interval` set (default 60 s) every worker records Optuna's heartbeat for
+  the trials it runs, and fails (`optuna.storages.fail_stale_trials`) the trials of workers
+  that stopped beating for `grace_period` s, on any host: their parameters are queued again
+  (`RetryHeartbeatStaleTrialCallback`, at most `max_retry` times) and run by the next worker
+  that asks;
+- each job is told its trial number (`optuna_trial=<n>`): `hw2.callbacks.pruning` reports
+  every validation to the trial and, with a `pruner`, stops a run the pruner prunes (the
+  trial is PRUNED, `run.json` says `pruned`);
 - after every batch `<sweep dir>/optuna_study.json` lists the trials for `python -m hw2.report`.
 """
 
@@ -23,7 +29,9 @@ import logging
 import math
 import os
 import socket
+import warnings
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -42,15 +50,25 @@ from optuna.distributions import (
     FloatDistribution,
     IntDistribution,
 )
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from hw2.utils.fileio import atomic_write_json
-from hw2.utils.process import pid_alive
+from hw2.utils.optuna_study import (
+    DEFAULT_STUDY,
+    TRIAL_KEY,
+    Heartbeat,
+    fail_stale,
+    open_storage,
+    retried_numbers,
+    retry_of,
+    storage_url,
+    trial_id,
+)
 
 log = logging.getLogger(__name__)
 
 STUDY_FILE = "optuna_study.json"
-STALE = "hw2_stale"  # user attr of a trial whose process died: not counted towards n_trials
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
 
 
 def distribution(override: Override) -> BaseDistribution | None:
@@ -96,13 +114,17 @@ def search_space(params: dict[str, Any] | None, arguments: Sequence[str]
 
 
 class OptunaSweeper(Sweeper):
-    def __init__(self, sampler: Any = None, direction: str = "minimize",
+    def __init__(self, sampler: Any = None, pruner: Any = None, direction: str = "minimize",
                  study_name: str | None = None, storage: str | None = None, n_trials: int = 20,
-                 n_jobs: int = 1, params: dict[str, Any] | None = None) -> None:
-        self.sampler_cfg, self.direction = sampler, direction
+                 n_jobs: int = 1, params: dict[str, Any] | None = None,
+                 heartbeat_interval: int | None = 60, grace_period: int | None = None,
+                 max_retry: int | None = 3) -> None:
+        self.sampler_cfg, self.pruner_cfg, self.direction = sampler, pruner, direction
         self.study_name, self.storage = study_name, storage
         self.n_trials, self.n_jobs = int(n_trials), max(1, int(n_jobs))
         self.params = OmegaConf.to_container(params) if isinstance(params, DictConfig) else params
+        self.heartbeat_interval, self.grace_period = heartbeat_interval, grace_period
+        self.max_retry = max_retry
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
@@ -123,24 +145,13 @@ class OptunaSweeper(Sweeper):
             kwargs["seed"] = int(cfg.seed) + n_existing
         return instantiate(cfg, **kwargs)
 
-    def _release_stale(self, study: optuna.Study) -> None:
-        """RUNNING trials of a process on this host that is gone: FAIL, parameters queued again."""
-        host = socket.gethostname()
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            pid = t.user_attrs.get("pid")
-            if t.user_attrs.get("host") != host or not isinstance(pid, int) or pid_alive(pid):
-                continue
-            log.warning("trial %d was left running by a dead process (pid %d): queued again",
-                        t.number, pid)
-            study._storage.set_trial_user_attr(t._trial_id, STALE, True)
-            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
-
-    def _counted(self, study: optuna.Study) -> int:
-        """Finished trials (not stale) plus those other processes are running now."""
-        states = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED, TrialState.RUNNING)
-        return sum(1 for t in study.get_trials(deepcopy=False, states=states)
-                   if not t.user_attrs.get(STALE))
+    @staticmethod
+    def counted(trials: list[FrozenTrial]) -> int:
+        """Trials that count towards `n_trials`: finished or running, except the stale ones the
+        heartbeat queued again: their retry (WAITING) is still to run, and the next `ask` of
+        any worker takes it before sampling new parameters."""
+        retried = retried_numbers(trials)
+        return sum(1 for t in trials if t.state in COUNTED and t.number not in retried)
 
     def _write_summary(self, study: optuna.Study, metric: str | None) -> None:
         from sqlalchemy.engine import make_url
@@ -149,9 +160,15 @@ class OptunaSweeper(Sweeper):
             shown = make_url(self.storage_url).render_as_string(hide_password=True)
         except Exception:
             shown = self.storage_url
+        all_trials = study.get_trials(deepcopy=False)
+        retried = retried_numbers(all_trials)
         trials = [{"number": t.number, "state": t.state.name, "value": t.value,
-                   "params": t.params, "stale": bool(t.user_attrs.get(STALE))}
-                  for t in study.get_trials(deepcopy=False)]
+                   "params": t.params, "stale": t.number in retried, "retry_of": retry_of(t),
+                   "worker": t.user_attrs.get("worker"),
+                   "steps": len(t.intermediate_values),
+                   "last_value": t.intermediate_values[t.last_step]
+                   if t.last_step is not None else None}
+                  for t in all_trials]
         atomic_write_json(self.sweep_dir / STUDY_FILE, {
             "study_name": study.study_name, "storage": shown, "metric": metric,
             "direction": self.direction, "n_trials": self.n_trials, "trials": trials})
@@ -165,40 +182,27 @@ class OptunaSweeper(Sweeper):
         if not space:
             raise ValueError("hydra.sweeper.params is empty: give a search space, e.g. "
                              "hydra.sweeper.params.model.optimizer.lr='tag(log,interval(1e-4,1e-2))'")
-        self.storage_url = self.storage or f"sqlite:///{(self.sweep_dir / 'optuna.db').resolve()}"
-        name = self.study_name or "search"
+        self.storage_url = storage_url(self.storage, self.sweep_dir)
+        name = self.study_name or DEFAULT_STUDY
         metric = self.config.get("optimized_metric")
-        study = optuna.create_study(study_name=name, storage=self.storage_url,
+        storage = open_storage(self.storage_url, self.heartbeat_interval, self.grace_period,
+                               self.max_retry)
+        pruner = instantiate(self.pruner_cfg) if self.pruner_cfg is not None else None
+        study = optuna.create_study(study_name=name, storage=storage, pruner=pruner,
                                     direction=self.direction, load_if_exists=True)
         study.sampler = self._sampler(len(study.trials))
         log.info("study %r in %s: %d trial(s) so far, target %d finished", name,
                  self.storage_url, len(study.trials), self.n_trials)
-        self._release_stale(study)
-        while (left := self.n_trials - self._counted(study)) > 0:
-            trials = [study.ask(space) for _ in range(min(self.n_jobs, left))]
-            for t in trials:
-                t.set_user_attr("host", socket.gethostname())
-                t.set_user_attr("pid", os.getpid())
-            batch = [fixed + [f"{k}={v}" for k, v in t.params.items()] for t in trials]
-            self.validate_batch_is_legal(batch)
-            returns: list[Any] = []
-            start = 0  # one launch per run of consecutive trial numbers: job dir = trial number
-            for i in range(1, len(trials) + 1):
-                if i == len(trials) or trials[i].number != trials[i - 1].number + 1:
-                    returns += self.launcher.launch(batch[start:i],
-                                                    initial_job_idx=trials[start].number)
-                    start = i
-            for t, ret in zip(trials, returns, strict=True):
-                try:
-                    value = ret.return_value
-                except Exception as e:  # the job raised (a launcher that does not catch)
-                    log.warning("trial %d failed: %s", t.number, e)
-                    value = None
-                if isinstance(value, (int, float)) and math.isfinite(value):
-                    study.tell(t, float(value))
-                else:
-                    study.tell(t, state=TrialState.FAIL)
-            self._write_summary(study, metric)
+        worker = f"{socket.gethostname()}:{os.getpid()}"
+        beat = Heartbeat(study, storage, self.heartbeat_interval) if self.heartbeat_interval \
+            else None
+        with beat or nullcontext():
+            fail_stale(study)
+            while (left := self.n_trials - self.counted(study.get_trials(deepcopy=False))) > 0:
+                self._run_batch(study, storage, beat, space, fixed, min(self.n_jobs, left),
+                                worker)
+                self._write_summary(study, metric)
+                fail_stale(study)
         self._write_summary(study, metric)
         try:
             best = study.best_trial
@@ -208,3 +212,45 @@ class OptunaSweeper(Sweeper):
         except ValueError:
             print(f"no trial of study {name!r} completed", flush=True)
             return None
+
+    def _run_batch(self, study: optuna.Study, storage: Any, beat: Heartbeat | None,
+                   space: dict[str, BaseDistribution], fixed: list[str], n: int,
+                   worker: str) -> None:
+        """Ask `n` trials (queued retries first), run them as one launch per run of
+        consecutive trial numbers (job dir = trial number), tell their results."""
+        with warnings.catch_warnings():  # ask/tell is the documented way to run trials elsewhere
+            warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used")
+            trials = [study.ask(space) for _ in range(n)]
+        ids = [trial_id(storage, study.study_name, t.number) for t in trials]
+        for t, i in zip(trials, ids, strict=True):
+            t.set_user_attr("worker", worker)
+            if beat is not None:
+                beat.add(i)
+        batch = [fixed + [f"{k}={v}" for k, v in t.params.items()]
+                 + [f"{TRIAL_KEY}={t.number}"] for t in trials]
+        self.validate_batch_is_legal(batch)
+        returns: list[Any] = []
+        start = 0
+        for i in range(1, len(trials) + 1):
+            if i == len(trials) or trials[i].number != trials[i - 1].number + 1:
+                returns += self.launcher.launch(batch[start:i],
+                                                initial_job_idx=trials[start].number)
+                start = i
+        for t, i, ret in zip(trials, ids, returns, strict=True):
+            try:
+                value = ret.return_value
+            except Exception as e:  # the job raised (a launcher that does not catch)
+                log.warning("trial %d failed: %s", t.number, e)
+                value = None
+            # a pruned job has told its trial PRUNED itself (hw2.callbacks.pruning)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                told = study.tell(t, float(value), skip_if_finished=True)
+            else:
+                told = study.tell(t, state=TrialState.FAIL, skip_if_finished=True)
+            if told.state == TrialState.FAIL and told.number in retried_numbers(study.trials):
+                log.warning("trial %d was failed by another worker (no heartbeat for longer than "
+                            "the grace period) and re-queued: its result is dropped. A busy "
+                            "machine? raise hydra.sweeper.grace_period", t.number)
+            if beat is not None:
+                beat.remove(i)
+
