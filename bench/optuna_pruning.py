@@ -27,14 +27,14 @@ sys.path.insert(0, str(ROOT))
 
 from hw2.runs.record import read_record  # noqa: E402
 
-SEARCH = ["hparams_search=charlm_optuna", "data=text_file", "model.num_layers=1",
-          "model.embedding_dim=16", "data.batch_size=32", "trainer.max_epochs=1",
+SEARCH = ["hparams_search=charlm_optuna", "data=text_file", "model.net.num_layers=1",
+          "model.net.embedding_dim=16", "data.batch_size=32", "trainer.max_epochs=1",
           "+trainer.limit_train_batches=80", "+trainer.limit_val_batches=5",
           "trainer.val_check_interval=16", "trainer.num_sanity_val_steps=0",
           "callbacks.progress_bar.refresh_rate=0", "trainer.enable_model_summary=false",
           "callbacks.param_histograms=null", "callbacks.text_sample=null",
-          "model.optimizer.lr=tag(log,interval(1e-4,3e-2))", "model.hidden_size=choice(32,64)",
-          "data.seq_len=choice(32,64)", "model.dropout=interval(0,0.3)",
+          "model.optimizer.lr=tag(log,interval(1e-4,3e-2))", "model.net.hidden_size=choice(32,64)",
+          "data.seq_len=choice(32,64)", "model.net.dropout=interval(0,0.3)",
           "hydra.sweeper.sampler.n_startup_trials=4",
           "hydra.callbacks.sweep_report.samples=false"]
 

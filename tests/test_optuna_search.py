@@ -132,12 +132,12 @@ def test_pruned_trials_stop_early_and_are_a_normal_outcome(tmp_path: Path,
     sweep_dir.mkdir()
     study = optuna.create_study(study_name="search", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
     for lr in (0.05, 0.05, 1e-6, 0.05, 1e-6):
-        study.enqueue_trial({"model.optimizer.lr": lr, "model.hidden_size": 8,
-                             "data.seq_len": 8, "model.dropout": 0.0})
+        study.enqueue_trial({"model.optimizer.lr": lr, "model.net.hidden_size": 8,
+                             "data.seq_len": 8, "model.net.dropout": 0.0})
     out = sweep(["hparams_search=charlm_optuna", *TINY_CHARLM, f"data.corpus.path={small_text}",
                  "trainer.limit_train_batches=12", "trainer.val_check_interval=4",
                  f"paths.root_dir={tmp_path}", f"hydra.sweep.dir={sweep_dir}",
-                 "model.hidden_size=choice(8,12)", "data.seq_len=choice(8,16)",
+                 "model.net.hidden_size=choice(8,12)", "data.seq_len=choice(8,16)",
                  "hydra.sweeper.n_trials=5", "hydra/sweeper/pruner=median",
                  "hydra.sweeper.pruner.n_startup_trials=2", "hydra.sweeper.pruner.n_warmup_steps=0",
                  "hydra.callbacks.sweep_report.samples=false"])

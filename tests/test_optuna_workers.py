@@ -34,7 +34,7 @@ def search_args(tmp_path: Path, text: Path, url: str, n_trials: int) -> list[str
     return ["hparams_search=charlm_optuna", *TINY_CHARLM, f"data.corpus.path={text}",
             "trainer.limit_train_batches=12", "trainer.val_check_interval=4",
             f"paths.root_dir={tmp_path}", f"hydra.sweep.dir={tmp_path / 'search'}",
-            "model.hidden_size=choice(8,12,16)", "data.seq_len=choice(8,16)",
+            "model.net.hidden_size=choice(8,12,16)", "data.seq_len=choice(8,16)",
             f"hydra.sweeper.storage={url}", f"hydra.sweeper.n_trials={n_trials}",
             "hydra.sweeper.heartbeat_interval=2", "hydra.sweeper.grace_period=10",
             "hydra.callbacks.sweep_report.samples=false"]
