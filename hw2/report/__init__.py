@@ -226,11 +226,16 @@ def build_report(root: str | Path, group_by: Sequence[str] | None = None,
 
 def unfinished_jobs(root: str | Path) -> list[tuple[Path, str, str]]:
     """(run dir, status, last error line) of every run under `root` that did not finish, from
-    the runs' own records (cheap: no events are read)."""
+    the runs' own records (cheap: no events are read). At a sweep's end a job still `running`
+    is another process's (its directory was locked, e.g. by a job of a killed earlier sweep
+    that lives on): not finished by this sweep either."""
     out = []
     for run_dir in find_run_dirs(Path(root)):
-        record = read_record(run_dir)
+        record = read_record(run_dir) or {}
         status = status_of(record) if record else "unknown"
-        if status not in ("finished", "running"):
-            out.append((run_dir, status, str((record or {}).get("error") or "")))
+        if status == "running":
+            out.append((run_dir, status, f"by pid {record.get('pid')} on host "
+                                         f"{record.get('host')}, not this sweep"))
+        elif status != "finished":
+            out.append((run_dir, status, str(record.get("error") or "")))
     return out
