@@ -15,13 +15,14 @@ def main(cfg: DictConfig) -> float | None:
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
     from hw2.runs.checkpoints import CheckpointError  # after Hydra parsed the command line:
+    from hw2.runs.lock import RunDirBusy
     from hw2.sweeps.job import run_job
     from hw2.train import run
     from hw2.utils.fileio import UnwritablePathError  # --help stays fast
 
     try:  # sweeps: skip finished jobs, resume interrupted ones, survive failures
         return run_job(cfg, run)
-    except (CheckpointError, UnwritablePathError) as e:  # the message says it all
+    except (CheckpointError, RunDirBusy, UnwritablePathError) as e:  # the message says it all
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except SIGTERMException:

@@ -28,6 +28,7 @@ from hw2.runs.checkpoints import (
     resume_hparams,
     task_of,
 )
+from hw2.runs.lock import run_dir_lock
 from hw2.runs.provenance import provenance
 from hw2.runs.record import RunRecord, job_overrides, read_record, recorded_run
 from hw2.runs.resume import keep_csv_rows, logging_step, resolve_checkpoint
@@ -94,10 +95,11 @@ def scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
 def run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> dict[str, float]:
     """Train and/or test as the config says; returns the final metrics. `extra_callbacks`
     join the configured ones (benchmarks, notebooks). Sweep logic (skipping finished jobs, a
-    GPU per job) lives in `hw2.sweeps.job.run_job`, which calls this."""
+    GPU per job) lives in `hw2.sweeps.job.run_job`, which calls this. The run holds its
+    directory's lock (`hw2.runs.lock`): another live process training into it is an error."""
     record: RunRecord | None = None
     try:
-        with recorded_run(cfg.paths.output_dir) as record:
+        with run_dir_lock(cfg.paths.output_dir), recorded_run(cfg.paths.output_dir) as record:
             with open_dict(cfg):  # resume=auto and Lightning's names -> the file it starts from
                 cfg.ckpt_path = resolve_checkpoint(cfg)
             # gpu: what this job was given (local_gpus, Ray, SLURM all set CUDA_VISIBLE_DEVICES)

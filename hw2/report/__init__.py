@@ -302,14 +302,19 @@ def retried_trials(root: Path) -> set[str]:
 
 def unfinished_jobs(root: str | Path) -> list[tuple[Path, str, str]]:
     """(run dir, status, last error line) of every run under `root` that did not finish, from
-    the runs' own records (cheap: no events are read); retried Optuna trials left out."""
+    the runs' own records (cheap: no events are read); retried Optuna trials left out. At a
+    sweep's end a job still `running` is another process's (its directory was locked, e.g. by
+    a job of a killed earlier sweep that lives on): not finished by this sweep either."""
     out = []
     retried = retried_trials(Path(root))
     for run_dir in find_run_dirs(Path(root)):
         if run_dir.parent == Path(root) and run_dir.name in retried:
             continue
-        record = read_record(run_dir)
+        record = read_record(run_dir) or {}
         status = status_of(record) if record else "unknown"
-        if status not in ("finished", "pruned", "running"):  # pruned: Optuna's pruner stopped it
-            out.append((run_dir, status, str((record or {}).get("error") or "")))
+        if status == "running":
+            out.append((run_dir, status, f"by pid {record.get('pid')} on host "
+                                         f"{record.get('host')}, not this sweep"))
+        elif status not in ("finished", "pruned"):  # pruned: Optuna's pruner stopped it
+            out.append((run_dir, status, str(record.get("error") or "")))
     return out

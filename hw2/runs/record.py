@@ -21,7 +21,7 @@ from typing import Any
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from hw2.utils.fileio import atomic_write_json
-from hw2.utils.process import pid_alive
+from hw2.utils.process import pid_alive, process_rank
 
 RECORD_NAME = "run.json"
 STATUSES = ("running", "finished", "pruned", "failed", "interrupted")
@@ -35,13 +35,6 @@ def read_record(run_dir: str | os.PathLike) -> dict[str, Any] | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-
-
-def _rank() -> int:
-    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
-        if os.environ.get(key, "0") != "0":
-            return int(os.environ[key])
-    return 0
 
 
 def job_overrides() -> list[str] | None:
@@ -88,7 +81,7 @@ class RunRecord:
     @property
     def writer(self) -> bool:
         """DDP ranks > 0 share the run directory: rank 0 speaks for the run."""
-        return _rank() == 0
+        return process_rank() == 0
 
     def write(self) -> None:
         if self.writer:

@@ -30,6 +30,7 @@ from typing import IO, Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from hw2.runs.lock import inheritable
 from hw2.runs.record import RECORD_NAME, read_record
 from hw2.utils.compat import set_hydra_config_plain
 from hw2.utils.fileio import atomic_write_json
@@ -149,10 +150,11 @@ def run_in_gpu_slot(cfg: DictConfig, callbacks: Sequence = (),
                # the child imports this very copy of hw2, wherever the worker's cwd is
                "PYTHONPATH": os.pathsep.join(filter(None, (
                    str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH"))))}
+        fds, lock_env = inheritable(out)  # the child trains under this job's run-dir lock
         started = time.time()
         child = subprocess.Popen(
             [sys.executable, "-c", "from hw2.sweeps.gpu_slots import _job_in_slot; _job_in_slot()"],
-            stdin=subprocess.PIPE, env=env)
+            stdin=subprocess.PIPE, env={**env, **lock_env}, pass_fds=fds)
         assert child.stdin is not None
         with child.stdin:
             child.stdin.write(pickle.dumps((container, hydra_cfg, tuple(callbacks))))

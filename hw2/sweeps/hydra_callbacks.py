@@ -2,6 +2,9 @@
 
 - `CheckRunDir`: Hydra creates the run directory before any of our code runs, so an unwritable
   `paths.log_dir` would end in a raw mkdir traceback; this checks it first and says what to do.
+  It also locks the run (or sweep) directory (`hw2.runs.lock`) before Hydra writes into it:
+  a second process on a directory a live one trains into stops here, before Hydra rewrites
+  the holder's `.hydra/` files or appends to its log.
 - `SweepReport`: every multirun ends in its report and a summary of the jobs that failed. Jobs
   survive failures in `hw2.sweeps.job.run_job`; here the sweep as a whole exits non-zero when
   any job did not finish, so scripts and CI see it.
@@ -21,6 +24,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from hw2.runs import tracking
+from hw2.runs.lock import RunDirBusy, acquire, release
 from hw2.utils.fileio import UnwritablePathError, writable_dir
 
 log = logging.getLogger(__name__)
@@ -28,24 +32,40 @@ log = logging.getLogger(__name__)
 
 class CheckRunDir(Callback):
     """Stop with one line naming the directory when the run (or sweep) directory cannot be
-    written: a file in the way, a read-only or full disk."""
+    written (a file in the way, a read-only or full disk) or another live process holds it;
+    otherwise hold it until the run (or sweep) ends."""
+
+    _path: str | None = None
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._check(config, "hydra.run.dir")
+        self._path = self._check(config, "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._check(config, "hydra.sweep.dir")
+        self._path = self._check(config, "hydra.sweep.dir")
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self._path is not None:
+            release(self._path)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self._path is not None:
+            release(self._path)
 
     @staticmethod
-    def _check(config: DictConfig, key: str) -> None:
+    def _check(config: DictConfig, key: str) -> str:
         HydraConfig.instance().set_config(config)  # ${hydra:...} in the path resolves
-        path = OmegaConf.select(config, key)
-        try:
+        path = str(OmegaConf.select(config, key))
+        try:  # the lock first: a busy directory gets no probe file either
+            acquire(path)
             writable_dir(path, hint="set paths.log_dir (or hydra.run.dir) to a writable "
                                     "directory with free space")
+        except RunDirBusy as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2) from e
         except UnwritablePathError as e:
             print(f"error: {e}", file=sys.stderr)
             raise SystemExit(2) from e
+        return path
 
 
 class SweepReport(Callback):

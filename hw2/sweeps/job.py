@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
+from hw2.runs.lock import RunDirBusy, run_dir_lock
 from hw2.runs.record import DONE, job_overrides, read_record, status_of
 from hw2.sweeps.gpu_slots import run_in_gpu_slot
 
@@ -60,6 +62,9 @@ def objective(metrics: Mapping[str, Any], metric: str | None) -> float | None:
 def run_job(cfg: DictConfig, train: Callable[[DictConfig], dict[str, float]]) -> float | None:
     """Run `train(cfg)` as one sweep job and return `cfg.optimized_metric` of its metrics.
 
+    - the job holds its directory's lock (`hw2.runs.lock`) from before it reads the record to
+      its end: a directory another live process trains into is refused without touching it
+      (in a multirun: this job is left out and the sweep goes on; a re-run tries it again);
     - with `spread_gpus=true` (launcher=local_gpus) the job locks a free GPU of the pool and
       trains in a child process that sees only it (`hw2.sweeps.gpu_slots`);
     - a job dir holding a different run stops the sweep (SweepDirConflict);
@@ -71,11 +76,24 @@ def run_job(cfg: DictConfig, train: Callable[[DictConfig], dict[str, float]]) ->
       and the sweep goes on; the sweep's end reports it and exits non-zero
       (`hw2.sweeps.hydra_callbacks.SweepReport`). A single run still raises.
     """
+    out_dir = Path(cfg.paths.output_dir)
+    multirun = in_multirun()
+    try:
+        with run_dir_lock(out_dir):
+            return _run_job(cfg, train, out_dir, multirun)
+    except RunDirBusy as e:
+        if not multirun:
+            raise
+        # not logged: the job's log file is the holder's
+        print(f"sweep job left out: {e}", file=sys.stderr, flush=True)
+        return None
+
+
+def _run_job(cfg: DictConfig, train: Callable[[DictConfig], dict[str, float]], out_dir: Path,
+             multirun: bool) -> float | None:
     if cfg.get("spread_gpus"):  # launcher=local_gpus: train in a child holding a free GPU
         train = run_in_gpu_slot
-    out_dir = Path(cfg.paths.output_dir)
     metric = cfg.get("optimized_metric")
-    multirun = in_multirun()
     previous = previous_attempt(out_dir, job_overrides()) if multirun else None
     if previous is not None:
         status, record = previous

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import signal
+import time
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -24,11 +26,14 @@ class _DieWhilePickled:
 class Fault(pl.Callback):
     """kind=kill: SIGKILL after training step `at_step`; term: SIGTERM there; save: SIGKILL
     inside the `at_save`-th checkpoint write; nan_weights: the weights become NaN after `at_step`
-    (the next loss is non-finite); nan_loss: the loss of step `at_step` alone is NaN. Fires only
-    in the run that starts at step 0."""
+    (the next loss is non-finite); nan_loss: the loss of step `at_step` alone is NaN; hold: after
+    step `at_step` flush the loggers, create `ready_file` and sleep until killed (a live run
+    whose files stay still). Fires only in the run that starts at step 0."""
 
-    def __init__(self, kind: str, at_step: int = 0, at_save: int = 0) -> None:
+    def __init__(self, kind: str, at_step: int = 0, at_save: int = 0,
+                 ready_file: str = "") -> None:
         self.kind, self.at_step, self.at_save = kind, at_step, at_save
+        self.ready_file = ready_file
         self.saves = 0
         self.armed = True
 
@@ -56,6 +61,12 @@ class Fault(pl.Callback):
         elif self.kind == "term":
             self.armed = False
             os.kill(os.getpid(), signal.SIGTERM)
+        elif self.kind == "hold":
+            for logger in trainer.loggers:
+                logger.save()
+            Path(self.ready_file).write_text(str(os.getpid()))
+            while True:
+                time.sleep(60)
         elif self.kind == "nan_weights":
             self.armed = False
             with torch.no_grad():

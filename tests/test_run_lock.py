@@ -1,0 +1,131 @@
+"""One live owner per run directory (`hw2.runs.lock`): a second `python train.py` on a directory
+a live run trains into stops at once, naming the holder, and changes none of its files; once
+the holder is SIGKILLed the directory is free and `resume=auto` continues the run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hw2.config import compose_config
+from hw2.runs.lock import LOCK_NAME, RunDirBusy, acquire, holder, inheritable, release
+from hw2.runs.record import read_record
+from hw2.train import run
+from tests.conftest import ROOT
+
+TINY = ["data=text_file", "model.net.hidden_size=8", "model.net.embedding_dim=4",
+        "model.net.num_layers=1", "data.batch_size=4", "data.seq_len=8", "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=8", "+trainer.limit_val_batches=2",
+        "trainer.val_check_interval=3", "trainer.log_every_n_steps=1",
+        "trainer.num_sanity_val_steps=0", "callbacks.progress_bar.refresh_rate=0",
+        "callbacks.text_sample.length=10", "~callbacks.param_histograms",
+        "trainer.enable_model_summary=false", "trainer.accelerator=cpu", "tune_malloc=false",
+        "test=false"]
+
+
+def snapshot(run_dir: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file of the run directory (the lock file aside): its bytes and mtime."""
+    return {str(p.relative_to(run_dir)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(run_dir.rglob("*")) if p.is_file() and p.name != LOCK_NAME}
+
+
+def try_lock_in_child(run_dir: Path) -> subprocess.CompletedProcess:
+    code = ("import sys; from hw2.runs.lock import acquire, RunDirBusy\n"
+            f"try: acquire({str(run_dir)!r})\n"
+            "except RunDirBusy as e: print(e); sys.exit(3)")
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_lock_refuses_another_process_names_the_holder_and_dies_with_it(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    assert acquire(run_dir) is True
+    try:
+        assert acquire(run_dir) is False  # this process already holds it: no self-deadlock
+        busy = try_lock_in_child(run_dir)
+        assert busy.returncode == 3
+        assert f"is in use by pid {os.getpid()} on host {socket.gethostname()}" in busy.stdout
+        # a child handed the lock adopts it (same open file) instead of locking again
+        fds, env = inheritable(run_dir)
+        code = (f"from hw2.runs.lock import acquire, holds; r = {str(run_dir)!r}; "
+                "assert acquire(r) is True and holds(r); import time; time.sleep(30)")
+        child = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, pass_fds=fds,
+                                 env={**os.environ, **env})
+        deadline = time.time() + 30
+        while holder(run_dir).get("pid") != child.pid and time.time() < deadline:
+            time.sleep(0.05)
+        assert holder(run_dir)["parent"] == os.getpid()  # the child names itself
+    finally:
+        release(run_dir)
+    assert try_lock_in_child(run_dir).returncode == 3  # the child still holds it
+    child.kill()
+    child.wait()
+    assert try_lock_in_child(run_dir).returncode == 0  # its SIGKILL freed the directory
+    # another process holds it: rank 0 is refused, a DDP rank > 0 of the same run never locks
+    holding = subprocess.Popen(
+        [sys.executable, "-c", f"from hw2.runs.lock import acquire; acquire({str(run_dir)!r}); "
+                               "print(1, flush=True); import time; time.sleep(30)"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holding.stdout is not None and holding.stdout.readline().strip() == "1"
+        with pytest.raises(RunDirBusy, match=f"in use by pid {holding.pid} "):
+            acquire(run_dir)
+        os.environ["LOCAL_RANK"] = "1"
+        try:
+            assert acquire(run_dir) is False
+        finally:
+            del os.environ["LOCAL_RANK"]
+    finally:
+        holding.kill()
+        holding.wait()
+
+
+def test_second_train_on_a_live_run_dir_stops_at_once_and_touches_nothing(
+        tmp_path: Path, small_text: Path) -> None:
+    logs, ready = tmp_path / "logs", tmp_path / "ready"
+    args = [sys.executable, "train.py", *TINY, f"data.corpus.path={small_text}",
+            f"paths.log_dir={logs}", f"paths.cache_dir={tmp_path / 'cache'}", "run_name=dup"]
+    run_dir = logs / "charlm" / "runs" / "dup"
+    hold = ["+callbacks.fault._target_=tests.faults.Fault", "+callbacks.fault.kind=hold",
+            "+callbacks.fault.at_step=4", f"+callbacks.fault.ready_file={ready}"]
+    first = subprocess.Popen([*args, *hold], cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 240
+        while not ready.exists() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+        assert ready.exists(), first.stdout.read() if first.poll() is not None else "timeout"
+        before = snapshot(run_dir)
+        assert {"run.json", "checkpoints/last.ckpt", ".hydra/config.yaml", "train.log"} <= set(
+            before) and any(name.startswith("tensorboard/events") for name in before)
+
+        started = time.time()  # a different config too: Hydra would write it into .hydra/
+        second = subprocess.run([*args, "model.net.hidden_size=16"], cwd=ROOT,
+                                capture_output=True, text=True, timeout=120)
+        took = time.time() - started
+        assert second.returncode == 2, second.stdout + second.stderr
+        assert (f"{run_dir} is in use by pid {first.pid} on host {socket.gethostname()}"
+                in second.stderr), second.stderr
+        assert "wait for it to end, or give this run another run_name" in second.stderr
+        assert "Traceback" not in second.stderr
+        assert snapshot(run_dir) == before  # run.json, checkpoints, events, .hydra, log
+        print(f"\nsecond process refused in {took:.1f} s")
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+
+    # the directory is free again: the same run, here in this process, continues it
+    overrides = [*TINY, f"data.corpus.path={small_text}", f"paths.log_dir={logs}",
+                 f"paths.cache_dir={tmp_path / 'cache'}", "run_name=dup"]
+    run(compose_config(overrides, run_dir))
+    record = read_record(run_dir)
+    assert record["status"] == "finished" and record["attempts"] == 2
+    assert record["resumed_from"] == str(run_dir / "checkpoints" / "last.ckpt")
+    assert record["metrics"]["trainer/global_step"] == 8
