@@ -18,7 +18,7 @@ from hw2.config import compose_config
 from hw2.runs.lock import LOCK_NAME, RunDirBusy, acquire, holder, inheritable, release
 from hw2.runs.record import read_record
 from hw2.train import run
-from tests.conftest import ROOT
+from tests.helpers.paths import ROOT
 
 TINY = ["data=text_file", "model.net.hidden_size=8", "model.net.embedding_dim=4",
         "model.net.num_layers=1", "data.batch_size=4", "data.seq_len=8", "trainer.max_epochs=1",
