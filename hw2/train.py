@@ -18,6 +18,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from hw2.runs.checkpoints import check_resume_data, load_for_data, resume_hparams
 from hw2.runs.record import job_overrides, recorded_run
 from hw2.runs.resume import keep_csv_rows, logging_step, resolve_checkpoint
+from hw2.utils.ranks import local_rank
 from hw2.utils.runtime import fast_event_checksums, fast_precision, tune_malloc, uses_cuda
 
 log = logging.getLogger(__name__)
@@ -91,11 +92,6 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> dict[st
         return metrics
 
 
-def _local_rank() -> int:
-    """This process's rank on its node under DDP (Lightning's launcher, torchrun, srun)."""
-    return int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0")))
-
-
 def _run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback]) -> dict[str, float]:
     accelerator = str(cfg.trainer.get("accelerator", "auto"))
     if cfg.get("tune_malloc") and not uses_cuda(accelerator):
@@ -117,7 +113,7 @@ def _run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback]) -> dict[str, f
         # a resumed fit: the checkpoint is of this task (before the data loads) and of this data
         resumed = resume_hparams(ckpt_path, cfg.model._target_) if ckpt_path not in (
             None, "hpc") else None
-        if _local_rank() == 0:  # Lightning's contract: render/download once per node, not per rank
+        if local_rank() == 0:  # Lightning's contract: render/download once per node, not per rank
             datamodule.prepare_data()
         datamodule.setup("fit")
         if resumed is not None:

@@ -22,6 +22,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from hw2.utils.fileio import atomic_write_json
 from hw2.utils.process import pid_alive
+from hw2.utils.ranks import global_rank, node
 
 RECORD_NAME = "run.json"
 STATUSES = ("running", "finished", "failed", "interrupted")
@@ -34,13 +35,6 @@ def read_record(run_dir: str | os.PathLike) -> dict[str, Any] | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-
-
-def _rank() -> int:
-    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
-        if os.environ.get(key, "0") != "0":
-            return int(os.environ[key])
-    return 0
 
 
 def job_overrides() -> list[str] | None:
@@ -76,6 +70,7 @@ class RunRecord:
             "status": "running",
             "pid": os.getpid(),
             "host": socket.gethostname(),
+            "node": node(),  # the host, or host/ray:<node id> for a job on a Ray node
             "started": time.time(),
             "ended": None,
             "attempts": int(old.get("attempts", 0)) + 1,
@@ -84,7 +79,7 @@ class RunRecord:
         self.write()
 
     def write(self) -> None:
-        if _rank() == 0:  # DDP ranks > 0 share the run directory: rank 0 speaks for the run
+        if global_rank() == 0:  # DDP ranks > 0 share the run directory: rank 0 speaks for the run
             atomic_write_json(self.path, self.data)
 
     def update(self, **fields: Any) -> None:
