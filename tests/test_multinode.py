@@ -7,21 +7,26 @@ can be counted per node. All slow: `pytest -m slow tests/test_multinode.py`.
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from hw2.runs.record import read_record
-from tests.test_engines import ROOT, TINY, train_once
+from hw2.runs.record import read_record, status_of
+from tests.test_engines import ROOT, TINY, job_records, train_cmd, train_once, write_text
 
 pytestmark = pytest.mark.slow
 
@@ -191,3 +196,161 @@ def test_two_nodes_train_the_cnn_and_write_once(tmp_path: Path) -> None:
           f"2 nodes x 1 process took {run.seconds:.0f} s")
     assert {"train/loss", "val/acc", "test/acc"} <= set(rec["metrics"])
     assert rec["metrics"]["trainer/global_step"] > 0
+
+
+# ----- a Ray cluster of 2 nodes -------------------------------------------------------------
+
+NODE_IDS = """
+import json, sys, ray
+ray.init(address=sys.argv[1], logging_level="ERROR")
+print(json.dumps({("head" if "node:__internal_head__" in n["Resources"] else "second"): n["NodeID"]
+                  for n in ray.nodes() if n["Alive"]}))
+"""
+
+
+def kill_marked(marker: str) -> None:
+    """SIGKILL every process whose environment carries `marker` (what the test's Ray nodes
+    started, workers included), should any outlive its node's shutdown."""
+    for entry in Path("/proc").iterdir():
+        if (entry.name.isdigit() and int(entry.name) != os.getpid()
+                and proc_environ(int(entry.name)).get("HW2_TEST_RAY") == marker):
+            with suppress(ProcessLookupError):
+                os.kill(int(entry.name), signal.SIGKILL)
+
+
+@dataclass
+class RayCluster:
+    address: str
+    env: dict[str, str]
+    temp: Path
+    nodes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def start_node(self, name: str, *args: str) -> None:
+        """`ray start --block` (it stops its node's processes on SIGTERM); 2 logical GPUs,
+        its own temp dir and agent port, no dashboard."""
+        log = open(self.temp / f"{name}.out", "w")  # noqa: SIM115 - closed with the process
+        self.nodes[name] = subprocess.Popen(
+            [shutil.which("ray") or "ray", "start", "--block", "--num-cpus=1", "--num-gpus=2",
+             "--node-ip-address=127.0.0.1", "--object-store-memory=100000000",
+             f"--temp-dir={self.temp / name}", f"--dashboard-agent-listen-port={free_port()}",
+             *args], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        log.close()
+
+    def node_ids(self, count: int, timeout: float = 180) -> dict[str, str]:
+        """head / second -> Ray node id, once `count` nodes are alive."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            res = subprocess.run([sys.executable, "-c", NODE_IDS, self.address], env=self.env,
+                                 capture_output=True, text=True, timeout=120)
+            if res.returncode == 0 and len(ids := json.loads(res.stdout)) == count:
+                return ids
+            time.sleep(2)
+        raise AssertionError(f"{count} Ray nodes did not come up: " + "".join(
+            (self.temp / f"{n}.out").read_text()[-1500:] for n in self.nodes))
+
+    def stop_node(self, name: str) -> None:
+        proc = self.nodes[name]
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+@contextmanager
+def ray_cluster() -> Iterator[RayCluster]:
+    """A head and a second node on this machine, each `ray start --block` with 2 logical GPUs
+    and its own temp dir; both stopped at the end, failure or not (a node stops on SIGTERM
+    without Ray's 30 s drain). `ray stop` is not used: it would end every Ray on the machine."""
+    temp = Path(tempfile.mkdtemp(prefix="hw2-ray-"))  # short: Ray's socket paths must fit
+    port = free_port()
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HW2_TEST_RAY": str(temp),
+           "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
+    cluster = RayCluster(f"127.0.0.1:{port}", env, temp)
+    try:
+        cluster.start_node("head", "--head", f"--port={port}", "--include-dashboard=false",
+                           f"--ray-client-server-port={free_port()}")
+        cluster.node_ids(1)
+        cluster.start_node("second", f"--address={cluster.address}")
+        yield cluster
+    finally:
+        for name in reversed(list(cluster.nodes)):
+            cluster.stop_node(name)
+        kill_marked(str(temp))
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None,
+                    reason='needs the ray extra: pip install -e ".[ray]"')
+def test_ray_cluster_sweep_survives_losing_a_node(tmp_path: Path) -> None:
+    """A sweep joins a running 2-node Ray cluster (`hydra.launcher.ray.init.address`); its 4 jobs
+    run on both nodes (run.json records each job's node). The second node is stopped while its
+    jobs train: they are recorded as interrupted, and the same command run again finishes them
+    from their last checkpoints on the head, skipping the jobs that had finished."""
+    text = write_text(tmp_path / "t.txt")
+    sweep = tmp_path / "sweep"
+    with ray_cluster() as cluster:
+        ids = cluster.node_ids(2)
+        name_of = {f"ray:{v}": k for k, v in ids.items()}
+        # max_retries=0: a job lost with its node fails now (Ray would otherwise rerun it)
+        cmd = train_cmd([*TINY, "launcher=ray", "hydra.launcher.ray.remote.num_cpus=0",
+                         f"hydra.launcher.ray.init.address={cluster.address}",
+                         "+hydra.launcher.ray.remote.max_retries=0", f"hydra.sweep.dir={sweep}",
+                         "data=text_file", f"data.corpus.path={text}", "+trainer.max_steps=200",
+                         "trainer.val_check_interval=40", "+trainer.limit_val_batches=5",
+                         "trainer.max_epochs=50", "seed=1,2,3,4"], tmp_path, multirun=True)
+
+        def node_of(rec: dict) -> str:
+            return name_of.get(rec["node"].split("/", 1)[-1], rec["node"])
+
+        t0 = time.time()
+        first = subprocess.Popen(cmd, cwd=ROOT, env=cluster.env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True)
+        lost: list[int] = []
+        deadline = time.time() + 400
+        while not lost and time.time() < deadline and first.poll() is None:
+            recs = job_records(sweep) if sweep.is_dir() else {}
+            on_second = [n for n, r in recs.items() if node_of(r) == "second"]
+            if len(on_second) == 2 and all(  # mid-run: both jobs there have a checkpoint
+                    recs[n]["status"] == "running"
+                    and (sweep / str(n) / "checkpoints/last.ckpt").exists() for n in on_second):
+                cluster.stop_node("second")
+                lost = on_second
+            time.sleep(0.3)
+        out, _ = first.communicate(timeout=600)
+        first_s = time.time() - t0
+        assert lost, out[-4000:]
+        recs = job_records(sweep)
+        print(f"\nnodes {ids}\nfirst sweep ({first_s:.0f} s, exit {first.returncode}); "
+              f"second node stopped with jobs {lost} on it:")
+        for n, r in sorted(recs.items()):
+            print(f"  job {n}: node {node_of(r):<6} gpu {r['gpu']} {status_of(r)}")
+        assert {node_of(r) for r in recs.values()} == {"head", "second"}
+        assert first.returncode != 0  # the sweep reports its lost jobs
+        for n in lost:
+            assert status_of(recs[n]) == "interrupted", recs[n]
+            assert (sweep / str(n) / "checkpoints/last.ckpt").exists()
+        before = {n: status_of(r) for n, r in recs.items()}
+
+        t0 = time.time()
+        again = subprocess.run(cmd, cwd=ROOT, env=cluster.env, capture_output=True, text=True,
+                               timeout=600)
+        again_s = time.time() - t0
+        out = again.stdout + again.stderr
+        assert again.returncode == 0, out[-4000:]
+        recs = job_records(sweep)
+        print(f"same command again ({again_s:.0f} s):")
+        for n, r in sorted(recs.items()):
+            print(f"  job {n}: node {node_of(r):<6} gpu {r['gpu']} {r['status']} attempts "
+                  f"{r['attempts']} resumed from {r['resumed_from']}")
+        for n, r in recs.items():
+            assert r["status"] == "finished" and r["metrics"]["val/bpc"] < 4.0
+            if before[n] == "finished":
+                assert r["attempts"] == 1 and f"skipped (finished before): {sweep / str(n)}" in out
+            else:  # ran again, on the head (the only node left), from its checkpoint
+                assert r["attempts"] == 2 and node_of(r) == "head"
+                assert r["resumed_from"] == str(sweep / str(n) / "checkpoints/last.ckpt")
+                assert r["metrics"]["trainer/global_step"] == 200
