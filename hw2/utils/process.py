@@ -14,12 +14,3 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def process_rank() -> int:
-    """This process's global rank under DDP (Lightning's launcher, torchrun, srun); 0 alone.
-    Ranks > 0 share rank 0's run directory: rank 0 writes its record and holds its lock."""
-    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
-        if os.environ.get(key, "0") != "0":
-            return int(os.environ[key])
-    return 0
