@@ -26,7 +26,10 @@ from pathlib import Path
 import pytest
 
 from hw2.runs.record import read_record, status_of
-from tests.test_engines import ROOT, TINY, job_records, train_cmd, train_once, write_text
+from tests.helpers.engines import TINY, job_records, train_cmd, train_once
+from tests.helpers.paths import ROOT
+from tests.helpers.photos import make_photos
+from tests.helpers.texts import write_plays
 
 pytestmark = pytest.mark.slow
 
@@ -181,7 +184,6 @@ def single_vocab(run_dir: Path) -> str:
 def test_two_nodes_train_the_cnn_and_write_once(tmp_path: Path) -> None:
     """FoodCNN on tiny generated photos over 2 nodes x 1 process: it trains, tests, and the run
     directory is written once, by global rank 0."""
-    from tests.test_cnn_train import make_photos
 
     photos = make_photos(tmp_path / "photos")
     run_id = f"cnn{os.getpid()}"
@@ -290,7 +292,7 @@ def test_ray_cluster_sweep_survives_losing_a_node(tmp_path: Path) -> None:
     run on both nodes (run.json records each job's node). The second node is stopped while its
     jobs train: they are recorded as interrupted, and the same command run again finishes them
     from their last checkpoints on the head, skipping the jobs that had finished."""
-    text = write_text(tmp_path / "t.txt")
+    text = write_plays(tmp_path / "t.txt", n=400)
     sweep = tmp_path / "sweep"
     with ray_cluster() as cluster:
         ids = cluster.node_ids(2)
