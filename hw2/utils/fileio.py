@@ -80,15 +80,15 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 
 @contextmanager
-def held_lock(path: str | os.PathLike) -> Iterator[None]:
-    """Hold an exclusive lock on `path` (created if missing) for the block: processes that
-    start together (the ranks of a torchrun/srun launch) make a cache one after the other,
-    so the first makes it and the rest find it. The kernel drops the lock if its holder dies."""
-    path = Path(path)
-    writable_dir(path.parent)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def held_lock(directory: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on `directory` (created if missing) for the block: processes that
+    start together (the ranks of a torchrun/srun launch) fill a cache one after the other, so
+    the first makes a file and the rest find it. The directory itself is locked, so no lock
+    file is left behind; the kernel drops the lock if its holder dies."""
+    path = writable_dir(directory)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
