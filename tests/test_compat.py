@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -92,6 +93,26 @@ def test_checkpoint_hooks_veto_and_allow_saving(tmp_path: Path) -> None:
     assert (tmp_path / "yes" / "last.ckpt").is_file()
     asked = {Path(p).name for p in allowed.asked}
     assert {p.name for p in (tmp_path / "yes").glob("*.ckpt")} <= asked
+
+
+class StopAtFirstValidation(pl.Callback):
+    def __init__(self, stop: Callable[[pl.Trainer], None]) -> None:
+        self.stop = stop
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self.stop(trainer)
+
+
+def test_stop_fit_now_stops_before_min_epochs(tmp_path: Path) -> None:
+    """With min_epochs=2 Lightning ignores a plain should_stop mid-epoch (8 steps run);
+    stop_fit_now ends the fit after the first validation (at step 2)."""
+    def plain(trainer: pl.Trainer) -> None:
+        trainer.should_stop = True
+
+    kwargs = {"min_epochs": 2, "val_check_interval": 2, "enable_checkpointing": False}
+    assert fit(tmp_path / "a", [StopAtFirstValidation(plain)], **kwargs).global_step == 8
+    assert fit(tmp_path / "b", [StopAtFirstValidation(compat.stop_fit_now)],
+               **kwargs).global_step == 2
 
 
 def test_batches_that_stepped_is_the_logger_step(tmp_path: Path) -> None:

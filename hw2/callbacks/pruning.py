@@ -7,7 +7,8 @@ name and pruner come from the job's own `hydra.sweeper` config, so a job on anot
 the global step: trials with other batch counts (e.g. another `data.seq_len`) are then compared
 at the same point of their schedule. The count is kept in checkpoints, so a resumed job goes on.
 
-A pruned run: `trainer.should_stop` (Lightning ends the fit normally, checkpoints kept), the
+A pruned run: `trainer.should_stop`, even before `min_epochs` (Lightning ends the fit
+normally, checkpoints kept), the
 trial is told PRUNED, the test is skipped and `run.json` says `pruned` (`hw2.train`).
 """
 
@@ -18,6 +19,8 @@ import math
 from typing import Any
 
 import pytorch_lightning as pl
+
+from hw2.utils.compat import stop_fit_now
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +57,7 @@ class OptunaPruning(pl.Callback):
         self._trial = optuna.trial.Trial(self._study, trial_id(storage, name, self.number))
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Lightning validates once more after `should_stop` (as for early stopping): the trial
-        # is finished by then
+        # a validation after the pruning one (a fit that goes on to its end): the trial is done
         if self.number is None or trainer.sanity_checking or self.pruned:
             return
         prune = False
@@ -75,7 +77,7 @@ class OptunaPruning(pl.Callback):
         # every DDP rank stops at the same validation: rank 0 holds the trial and decides
         if trainer.strategy.broadcast(prune, src=0):
             self.pruned = True
-            trainer.should_stop = True
+            stop_fit_now(trainer)  # also before the configured min_epochs (trainer: 1)
             if self._trial is not None:
                 from optuna.trial import TrialState
 

@@ -65,6 +65,15 @@ class CheckpointHooks(ModelCheckpoint):
             super()._save_checkpoint(trainer, filepath)
 
 
+def stop_fit_now(trainer: pl.Trainer) -> None:
+    """Make `trainer.should_stop` end the fit at once even before `min_epochs`/`min_steps`
+    (`fit_loop.min_epochs`, `fit_loop.epoch_loop.min_steps`, which Lightning checks before it
+    honours `should_stop`): an Optuna-pruned run is not to train its minimum first."""
+    trainer.fit_loop.min_epochs = 0
+    trainer.fit_loop.epoch_loop.min_steps = None
+    trainer.should_stop = True
+
+
 def keep_csv_rows(writer: Any, rows: list[dict[str, str]]) -> None:
     """Put `rows` back in front of a fresh CSV `ExperimentWriter` (its `metrics` and
     `metrics_keys` attributes): Lightning's CSV logger deletes metrics.csv when it starts, and
