@@ -12,7 +12,7 @@ import pytest
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from hw2.report import build_report, group_table
+from hw2.report import best_groups, build_report, group_table
 from hw2.report.groups import Group, compare, group_runs
 from hw2.report.runs import Run, load_runs
 from tests.helpers.photos import make_photos
@@ -195,3 +195,45 @@ def test_report_flags_mixed_code_and_exports_the_table(tmp_path: Path) -> None:
         return
     frame = pandas.read_csv(tmp_path / "runs.csv")
     assert list(frame["best_val"].round(4)) == [round(r["best_val"], 4) for r in json_rows]
+
+
+def write_small_run(run_dir: Path, hidden: int, seed: int, bpc: float) -> None:
+    """A finished CharLM run on disk as train.py leaves it, with a few real event records."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    overrides = [f"model.net.hidden_size={hidden}", f"seed={seed}"]
+    (run_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save({"seed": seed, "model": {"_target_": "hw2.models.charlm.CharLM",
+                                            "net": {"hidden_size": hidden}},
+                    "callbacks": {"model_checkpoint": {"monitor": "val/bpc", "mode": "min"}}},
+                   run_dir / ".hydra" / "config.yaml")
+    OmegaConf.save(overrides, run_dir / ".hydra" / "overrides.yaml")
+    (run_dir / "run.json").write_text(f'{{"status": "finished", "attempts": 1, '
+                                      f'"overrides": {overrides!r}}}'.replace("'", '"'))
+    writer = SummaryWriter(str(run_dir / "tensorboard"))
+    for step in range(3):
+        writer.add_scalar("train/loss", bpc + 1 - step / 10, step)
+        writer.add_scalar("val/bpc", bpc + 0.2 - step / 10, step)
+    writer.add_scalar("test/bpc", bpc, 3)
+    writer.close()
+
+
+def test_many_groups_draw_the_best_and_say_what_is_left_out(tmp_path: Path) -> None:
+    """14 groups (2 seeds each): the figures show the best 10 by test BPC and say 4 more were
+    not drawn; the group table still lists all 14, the run table all 28 runs."""
+    sizes = [16 * (i + 1) for i in range(14)]
+    for i, hidden in enumerate(sizes):
+        for seed in (1, 2):
+            # larger networks score better here: the best 10 groups are the 10 largest
+            write_small_run(tmp_path / str(2 * i + seed - 1), hidden, seed, 3.0 - i / 10)
+    build_report(tmp_path, samples=False)
+    md = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert ("Figures show the best 10 of 14 groups by test bpc; 4 more groups not drawn "
+            "(every group is in the table above).") in md
+    for hidden in sizes:
+        assert f"| model.net.hidden_size={hidden} | 2/2 |" in md
+    assert len(md_rows(tmp_path / "report.md")) == 28
+    # the curves figure has a legend entry per drawn group: the 10 largest networks
+    drawn = [g.label for g in best_groups(
+        group_runs(load_runs(tmp_path), ["model.net.hidden_size"]), "test", "min", 10)]
+    assert drawn == [f"model.net.hidden_size={h}" for h in sizes[4:]]

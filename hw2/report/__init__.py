@@ -35,6 +35,8 @@ LABEL = {"final_val": "final val", "best_val": "best val", "test": "test"}
 EXPORT_COLUMNS = ["task", "run", "group", "overrides", "seed", "status", "commit", "monitor",
                   "final_val", "best_val", "test", "params", "steps", "wall_s", "attempts",
                   "error", "path"]
+MAX_DRAWN_GROUPS = len(figures.COLORS)  # past this, lines share colours: the best ones only
+MAX_HIST_RUNS = 6  # weight histograms side by side
 
 
 def fmt(x: float | int | None, digits: int = 4) -> str:
@@ -140,6 +142,20 @@ def mixed_code_note(groups: list[Group]) -> Para | None:
                 "git.diff say what it ran.")
 
 
+def best_groups(groups: list[Group], metric: str, mode: str, k: int) -> list[Group]:
+    """The `k` best groups by `metric` (groups without it last), in their original order."""
+    if len(groups) <= k:
+        return groups
+    sign = 1 if mode == "min" else -1
+
+    def rank(item: tuple[int, Group]) -> tuple[bool, float, int]:
+        st = item[1].stat(metric)  # type: ignore[arg-type]
+        return (st is None, sign * st.mean if st else 0.0, item[0])
+
+    keep = {i for i, _ in sorted(enumerate(groups), key=rank)[:k]}
+    return [g for i, g in enumerate(groups) if i in keep]
+
+
 def section(task: str, runs: list[Run], fig_dir: Path, group_by: Sequence[str] | None,
             samples: bool) -> tuple[list[Block], list[dict[str, Any]]]:
     """The task's blocks and its rows for `runs.csv`."""
@@ -164,31 +180,40 @@ def section(task: str, runs: list[Run], fig_dir: Path, group_by: Sequence[str] |
     if note is not None:
         blocks.append(note)
     figs: list[Image] = []
-    p = figures.learning_curves(groups, metric, fig_dir / f"{task}_curves.png")
+    notes: list[Para] = []
+    drawn = best_groups(groups, primary, mode, MAX_DRAWN_GROUPS)
+    if len(drawn) < len(groups):  # more lines than colours: noise, not a figure
+        notes.append(Para(
+            f"Figures show the best {len(drawn)} of {len(groups)} groups by "
+            f"{LABEL[primary]} {metric}; {len(groups) - len(drawn)} more groups not drawn "
+            "(every group is in the table above)."))
+    p = figures.learning_curves(drawn, metric, fig_dir / f"{task}_curves.png")
     if p:
         figs.append(Image(p, f"{task}: learning curves, one colour per group"))
     for key in figures.numeric_keys(groups):
         safe = key.replace("/", "_")
         p = figures.metric_vs_key(groups, key, primary, f"{LABEL[primary]} {metric}",
-                                  fig_dir / f"{task}_{metric}_vs_{safe}.png")
+                                  fig_dir / f"{task}_{metric}_vs_{safe}.png",
+                                  keep=drawn if len(drawn) < len(groups) else None)
         if p:
             figs.append(Image(p, f"{task}: {LABEL[primary]} {metric} against {key}, "
                                  "error bars = std over seeds"))
-    reps = [(g.label, r) for g in groups if (r := g.best_run()) is not None][:6]
+    reps = [(g.label, r) for g in best_groups(groups, primary, mode, MAX_HIST_RUNS)
+            if (r := g.best_run()) is not None]
     p = figures.weight_histograms(reps, fig_dir / f"{task}_weight_histograms.png")
     if p:
         figs.append(Image(p, f"{task}: per-layer weight histograms of the last epoch, best run "
-                             "of each group side by side"))
+                             f"of each group side by side ({len(reps)} best groups)"))
     if figs:
         blocks.append(Heading("Figures", 3))
-        blocks += figs
+        blocks += notes + figs
     best = Group((), runs).best_run()
     if task == "cnn" and best is not None and "test/misclassified" in best.images:
         path = fig_dir / f"{task}_misclassified_{best.name}.png"
         path.write_bytes(best.images["test/misclassified"])
         blocks.append(Image(path, f"misclassified test photos of the best run ({best.path})"))
     if task == "charlm" and samples:
-        blocks += charlm_samples(groups)
+        blocks += charlm_samples(drawn, len(groups))
     return blocks, export_rows(task, runs, groups)
 
 
@@ -201,12 +226,17 @@ def sample_checkpoint(run: Run) -> Path | None:
     return last if last.is_file() else None
 
 
-def charlm_samples(groups: list[Group], prime: str = "ROMEO", length: int = 300) -> list[Block]:
-    """A sample from each group's best checkpoint (seeded: comparable between groups)."""
+def charlm_samples(groups: list[Group], n_groups: int | None = None, prime: str = "ROMEO",
+                   length: int = 300) -> list[Block]:
+    """A sample from each group's best checkpoint (seeded: comparable between groups); of
+    `n_groups` in all, the others left out and said so."""
     from hw2.inference import generate
 
     blocks: list[Block] = [Heading(f"Samples primed with {prime!r} (best checkpoint of each "
                                    "group, temperature 0.8, seed 0)", 3)]
+    if n_groups is not None and n_groups > len(groups):
+        blocks.append(Para(f"Samples of the best {len(groups)} of {n_groups} groups; "
+                           f"{n_groups - len(groups)} more groups not sampled."))
     for g in groups:
         run = g.best_run()
         ckpt = sample_checkpoint(run) if run else None

@@ -88,17 +88,23 @@ def numeric_keys(groups: list[Group]) -> list[str]:
 
 
 def metric_vs_key(groups: list[Group], key: str, metric: Metric, label: str,
-                  path: Path) -> Path | None:
+                  path: Path, keep: list[Group] | None = None) -> Path | None:
     """Mean metric against a numeric swept key, error bars = std over seeds; one line per
-    combination of the other swept keys."""
+    combination of the other swept keys (with `keep`, only the lines holding one of them)."""
     idx = [k for k, _ in groups[0].key].index(key)
+
+    def rest_of(g: Group) -> str:
+        return ", ".join(f"{k}={v}" for j, (k, v) in enumerate(g.key) if j != idx)
+
+    wanted = None if keep is None else {rest_of(g) for g in keep}
     lines: dict[str, list[tuple[float, float, float]]] = {}
     for g in groups:
+        if wanted is not None and rest_of(g) not in wanted:
+            continue
         s = g.stat(metric)
         if s is None:
             continue
-        rest = ", ".join(f"{k}={v}" for j, (k, v) in enumerate(g.key) if j != idx)
-        lines.setdefault(rest, []).append((float(g.key[idx][1]), s.mean, s.std or 0.0))
+        lines.setdefault(rest_of(g), []).append((float(g.key[idx][1]), s.mean, s.std or 0.0))
     if not lines:
         return None
     fig = Figure(figsize=(6.5, 4.2), layout="constrained")

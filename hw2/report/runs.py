@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import math
+import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,12 +152,22 @@ def sort_key(path: Path) -> tuple:
     return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in path.parts)
 
 
+def _yaml(path: Path) -> Any:
+    """A YAML file as plain data, parsed by libyaml's C loader when present (OmegaConf.load's
+    pure-Python parse is most of the cost of reading a thousand runs' configs)."""
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    with path.open(encoding="utf-8") as f:
+        return yaml.load(f, Loader=loader)  # noqa: S506 - a safe loader
+
+
 def _choices(run_dir: Path) -> dict[str, str]:
     path = run_dir / ".hydra" / "hydra.yaml"
     if not path.is_file():
         return {}
-    node = OmegaConf.select(OmegaConf.load(path), "hydra.runtime.choices", default=None)
-    if node is None:
+    node = ((_yaml(path) or {}).get("hydra") or {}).get("runtime", {}).get("choices")
+    if not isinstance(node, dict):
         return {}
     return {str(k): str(v) for k, v in node.items() if not str(k).startswith("hydra")}
 
@@ -168,35 +179,65 @@ def _task(config: DictConfig, choices: dict[str, str]) -> str:
     return "charlm" if "charlm" in target.lower() else "cnn" if target else "unknown"
 
 
+def event_records(path: Path) -> Iterator[bytes]:
+    """The records of one event file (TFRecord framing: length, its CRC, data, its CRC), read
+    in one go; a record cut short (a writer killed mid-write) ends the file. The CRCs are not
+    checked: a damaged record fails to parse and ends the file as well."""
+    data = path.read_bytes()
+    pos, size = 0, len(data)
+    while pos + 12 <= size:
+        (length,) = struct.unpack_from("<Q", data, pos)
+        end = pos + 12 + length
+        if end + 4 > size:
+            return
+        yield data[pos + 12:end]
+        pos = end + 4
+
+
 def read_events(tb_dir: Path, run: Run) -> None:
     """Scalars (all points), the last histogram and the last image of every tag, merged over the
-    run's event files (several per run: fit, test, hparams, resumed attempts)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    run's event files (several per run: fit, test, hparams, resumed attempts): where two give a
+    step, the later write wins. Read straight from the records with the protobuf parser: what
+    TensorBoard's EventAccumulator keeps (scalars written as `simple_value`, a restart's
+    SessionLog.START dropping the file's later steps), at a fraction of its cost."""
+    from google.protobuf.message import DecodeError
+    from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 
-    guidance = {"scalars": 0, "histograms": 1, "images": 1, "tensors": 1,
-                "compressedHistograms": 1, "audio": 1}
     scalars: dict[str, dict[int, tuple[float, float]]] = {}
     last_hist: dict[str, tuple[float, Histogram]] = {}
     last_img: dict[str, tuple[float, bytes]] = {}
     for path in sorted(tb_dir.rglob("events.out.tfevents*")):
-        acc = EventAccumulator(str(path), size_guidance=guidance)
-        acc.Reload()
-        tags = acc.Tags()
-        for tag in tags.get("scalars", []):
-            points = scalars.setdefault(tag, {})
-            for ev in acc.Scalars(tag):  # a resumed attempt re-logs steps: the later one wins
-                if ev.step not in points or points[ev.step][0] <= ev.wall_time:
-                    points[ev.step] = (ev.wall_time, ev.value)
-        for tag in tags.get("histograms", []):
-            ev = acc.Histograms(tag)[-1]
-            hv = ev.histogram_value
-            if tag not in last_hist or last_hist[tag][0] <= ev.wall_time:
-                last_hist[tag] = (ev.wall_time, Histogram(
-                    ev.step, hv.min, hv.max, int(hv.num), list(hv.bucket_limit), list(hv.bucket)))
-        for tag in tags.get("images", []):
-            ev = acc.Images(tag)[-1]
-            if tag not in last_img or last_img[tag][0] <= ev.wall_time:
-                last_img[tag] = (ev.wall_time, ev.encoded_image_string)
+        mine: dict[str, dict[int, tuple[float, float]]] = {}
+        for record in event_records(path):
+            try:
+                ev = Event.FromString(record)
+            except DecodeError:
+                break
+            if ev.HasField("session_log") and ev.session_log.status == SessionLog.START:
+                for points in mine.values():  # a restart at this step: later ones are stale
+                    for step in [s for s in points if s >= ev.step]:
+                        del points[step]
+                continue
+            for v in ev.summary.value:
+                kind = v.WhichOneof("value")
+                if kind == "simple_value":
+                    points = mine.setdefault(v.tag, {})
+                    if ev.step not in points or points[ev.step][0] <= ev.wall_time:
+                        points[ev.step] = (ev.wall_time, v.simple_value)
+                elif kind == "histo":
+                    if v.tag not in last_hist or last_hist[v.tag][0] <= ev.wall_time:
+                        h = v.histo
+                        last_hist[v.tag] = (ev.wall_time, Histogram(
+                            ev.step, h.min, h.max, int(h.num), list(h.bucket_limit),
+                            list(h.bucket)))
+                elif kind == "image" and (v.tag not in last_img
+                                          or last_img[v.tag][0] <= ev.wall_time):
+                    last_img[v.tag] = (ev.wall_time, v.image.encoded_image_string)
+        for tag, points in mine.items():  # files merged: the later write of a step wins
+            merged = scalars.setdefault(tag, {})
+            for step, (wall, value) in points.items():
+                if step not in merged or merged[step][0] <= wall:
+                    merged[step] = (wall, value)
     run.scalars = {t: [(s, w, v) for s, (w, v) in sorted(p.items())] for t, p in scalars.items()}
     run.histograms = {t: h for t, (_, h) in last_hist.items()}
     run.images = {t: b for t, (_, b) in last_img.items()}
@@ -204,10 +245,10 @@ def read_events(tb_dir: Path, run: Run) -> None:
 
 def load_run(run_dir: Path) -> Run:
     run_dir = Path(run_dir)
-    config = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    config = OmegaConf.create(_yaml(run_dir / ".hydra" / "config.yaml") or {})
     assert isinstance(config, DictConfig)
     ov_path = run_dir / ".hydra" / "overrides.yaml"
-    overrides = [str(o) for o in OmegaConf.load(ov_path)] if ov_path.is_file() else []
+    overrides = [str(o) for o in _yaml(ov_path) or []] if ov_path.is_file() else []
     choices = _choices(run_dir)
     task = _task(config, choices)
     record = read_record(run_dir)
