@@ -11,7 +11,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 CHAR = ["data=text_file", "model.net.hidden_size=32", "model.net.embedding_dim=16",
         "model.net.num_layers=1",
         "data.batch_size=4", "data.seq_len=16", "trainer.max_epochs=2",
-        "trainer.val_check_interval=0.25", "callbacks.text_sample.length=20"]
+        "trainer.val_check_interval=0.25", "callbacks.text_sample.length=20",
+        # whole epochs: not the fractions of the default first-run preset
+        "++trainer.limit_train_batches=1.0", "++trainer.limit_val_batches=1.0"]
 
 
 def write_drill_text(path: Path) -> Path:

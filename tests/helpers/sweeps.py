@@ -12,7 +12,7 @@ TINY_CHARLM = ["data=text_file", "data.corpus.test_fraction=0.1", "model.net.hid
                "model.net.embedding_dim=4",
                "model.net.num_layers=1", "data.batch_size=4", "data.seq_len=8",
                "trainer.max_epochs=1",
-               "+trainer.limit_train_batches=6", "+trainer.limit_val_batches=3",
+               "++trainer.limit_train_batches=6", "++trainer.limit_val_batches=3",
                "trainer.val_check_interval=3", "trainer.log_every_n_steps=1",
                "trainer.num_sanity_val_steps=0", "callbacks.progress_bar.refresh_rate=0",
                "trainer.enable_model_summary=false"]
