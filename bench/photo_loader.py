@@ -212,16 +212,16 @@ def spawn(args: argparse.Namespace, variant: str, size: int, device: str) -> dic
 
 def build_caches(args: argparse.Namespace, size: int) -> None:
     """Build (or find) the caches of this size; print the time and the files' sizes."""
-    before = {p: p.stat().st_size for p in args.cache_dir.glob("*.photos")}
+    before = set(args.cache_dir.glob("*.photos"))
     start = time.perf_counter()
-    setup(args, size, True, "cpu")
+    dm, _ = setup(args, size, True, "cpu")
     seconds = time.perf_counter() - start
-    made = {p: p.stat().st_size for p in args.cache_dir.glob("*.photos") if p not in before}
-    used = made or before
-    total = sum(used.values()) / 1e6
-    print(f"{size} px cache: {'built' if made else 'found'} in {seconds:.1f} s (set-up "
-          f"included), {total:.0f} MB on disk: " +
-          ", ".join(f"{p.name} {s / 1e6:.0f} MB" for p, s in sorted(used.items())), flush=True)
+    files = sorted(ds.cache.path for ds in dm.datasets.values())
+    built = "built" if any(p not in before for p in files) else "found"
+    total = sum(p.stat().st_size for p in files) / 1e6
+    print(f"{size} px cache: {built} in {seconds:.1f} s (set-up included), {total:.0f} MB on "
+          "disk: " + ", ".join(f"{p.name} {p.stat().st_size / 1e6:.0f} MB" for p in files),
+          flush=True)
 
 
 def uptime() -> str:
