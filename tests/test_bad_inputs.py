@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -241,9 +242,12 @@ def test_bad_corpus_through_a_run(tmp_path: Path, compose_cfg: Callable, content
     cfg = compose_cfg(["data=text_file", f"data.corpus.path={corpus}"])
     with pytest.raises(ValueError, match=rf"corpus file {corpus} {match}"):
         run(cfg)
-    # the record says failed, nothing else (beside the run directory's lock file)
-    assert listing(tmp_path / "run") == {"run.json", ".lock"}
-    assert '"status": "failed"' in (tmp_path / "run" / "run.json").read_text()
+    # the record says failed, nothing else (beside the run directory's lock file, and the
+    # diff of the code when it ran from a dirty tree)
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    diff = {"git.diff"} if (record.get("git") or {}).get("dirty") else set()
+    assert listing(tmp_path / "run") == {"run.json", ".lock", *diff}
+    assert record["status"] == "failed"
 
 
 def test_tinyshakespeare_with_a_wrong_hash(tmp_path: Path) -> None:

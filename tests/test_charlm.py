@@ -320,10 +320,10 @@ def test_hyperparameters_reach_the_hparams_view_and_yaml(trained_run: tuple[Path
     start = plugin_data_pb2.HParamsPluginData.FromString(
         content["_hparams_/session_start_info"]).session_start_info.hparams
     assert start["data/batch_size"].number_value == 4
-    assert start["model/hidden_size"].number_value == 32
+    assert start["model/net/hidden_size"].number_value == 32
     assert start["model/optimizer/lr"].number_value > 0
     assert start["seed"].number_value == 1234
-    assert start["model/cell"].string_value == "lstm"
+    assert start["model/net/cell"].string_value == "lstm"
     assert not [k for k in start if "/_" in k or k.startswith("_")]  # _target_, _partial_
     assert "trainer/default_root_dir" not in start and "trainer/plugins" not in start
     experiment = plugin_data_pb2.HParamsPluginData.FromString(
@@ -332,7 +332,7 @@ def test_hyperparameters_reach_the_hparams_view_and_yaml(trained_run: tuple[Path
     assert "hp/test/bpc" in {m.name.tag for m in experiment.metric_infos}
     for logger in ("tensorboard", "csv"):
         saved = yaml.safe_load((out / logger / "hparams.yaml").read_text())
-        assert saved["data"]["batch_size"] == 4 and saved["model"]["hidden_size"] == 32
+        assert saved["data"]["batch_size"] == 4 and saved["model"]["net"]["hidden_size"] == 32
         assert "_target_" not in saved["model"]["optimizer"]
 
 

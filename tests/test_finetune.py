@@ -88,7 +88,8 @@ def test_fine_tuning_keeps_rows_and_adds_new_characters(
         assert torch.equal(now[:n], old[:n]), name
         assert now.shape[0] == len(tuned.vocab)
     assert torch.equal(tuned.net.rnn.weight_hh_l0, base.net.rnn.weight_hh_l0)
-    assert tuned.global_step == 1  # weights only: the step count starts again
+    saved = torch.load(tmp_path / "tuned" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == 1  # weights only: the step count starts again
 
 
 def test_fine_tuning_refuses_a_checkpoint_of_another_task(
@@ -110,12 +111,12 @@ def test_generate_samples_top_p_and_prime_file(pretrained: tuple[Path, dict], tm
     assert generate_samples(ckpt, "ROMEO", 40, 1.0, seed=5, top_p=1e-6) == generate_samples(
         ckpt, "ROMEO", 40, 0.0)
     prime = tmp_path / "prime.txt"
-    prime.write_text("JULIET:\nO Romeo", encoding="utf-8")
+    prime.write_text("JULIET:\nO sweet", encoding="utf-8")
     out = subprocess.run([sys.executable, "generate.py", f"ckpt={ckpt}", f"prime_file={prime}",
                           "length=20", "num_samples=2", "seed=0", "top_p=0.9"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.count("--- sample") == 2 and out.stdout.count("JULIET:\nO Romeo") == 2
+    assert out.stdout.count("--- sample") == 2 and out.stdout.count("JULIET:\nO sweet") == 2
 
 
 def test_nucleus_keeps_the_smallest_set_reaching_p() -> None:

@@ -22,7 +22,7 @@ from tests.helpers.paths import ROOT
 
 TINY = ["data=text_file", "model.net.hidden_size=8", "model.net.embedding_dim=4",
         "model.net.num_layers=1", "data.batch_size=4", "data.seq_len=8", "trainer.max_epochs=1",
-        "+trainer.limit_train_batches=8", "+trainer.limit_val_batches=2",
+        "++trainer.limit_train_batches=8", "++trainer.limit_val_batches=2",
         "trainer.val_check_interval=3", "trainer.log_every_n_steps=1",
         "trainer.num_sanity_val_steps=0", "callbacks.progress_bar.refresh_rate=0",
         "callbacks.text_sample.length=10", "~callbacks.param_histograms",
@@ -93,7 +93,7 @@ def test_second_train_on_a_live_run_dir_stops_at_once_and_touches_nothing(
     args = [sys.executable, "train.py", *TINY, f"data.corpus.path={small_text}",
             f"paths.log_dir={logs}", f"paths.cache_dir={tmp_path / 'cache'}", "run_name=dup"]
     run_dir = logs / "charlm" / "runs" / "dup"
-    hold = ["+callbacks.fault._target_=tests.faults.Fault", "+callbacks.fault.kind=hold",
+    hold = ["+callbacks.fault._target_=tests.helpers.faults.Fault", "+callbacks.fault.kind=hold",
             "+callbacks.fault.at_step=4", f"+callbacks.fault.ready_file={ready}"]
     first = subprocess.Popen([*args, *hold], cwd=ROOT, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)

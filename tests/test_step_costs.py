@@ -176,6 +176,7 @@ def test_run_tunes_malloc_only_for_a_cpu_run(overrides: list[str], has_gpu: bool
     calls: list[str] = []
     monkeypatch.setattr(hw2.train, "tune_malloc", lambda: bool(calls.append("tuned")))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: has_gpu)  # the machine's GPU
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "a GPU")  # run.json's device
     cfg = compose_cfg([*overrides, "trainer.precision=32", "train=false", "test=false"])
     with pytest.raises(ValueError, match="nothing to do"):
         run(cfg)

@@ -242,7 +242,8 @@ class CharLM(TaskModule):
         """`init_from`: the network config to fine-tune with: the checkpoint's architecture
         (the weights must fit it), this run's regularisation (dropout, weight drop, ...)."""
         theirs = dict(hparams["net"])
-        return {**net_config(net), **{k: theirs[k] for k in ARCHITECTURE if k in theirs}}
+        return {**net_config(net), **{k: theirs[k] for k in ARCHITECTURE if k in theirs},
+                "_partial_": True}  # still built with the vocabulary size from the data
 
     def load_pretrained(self, state_dict: Mapping[str, torch.Tensor], vocab: dict) -> list[str]:
         """`init_from`: copy a checkpoint's weights (weights only: no optimiser, no step).
