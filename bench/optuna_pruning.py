@@ -29,7 +29,7 @@ from hw2.runs.record import read_record  # noqa: E402
 
 SEARCH = ["hparams_search=charlm_optuna", "data=text_file", "model.net.num_layers=1",
           "model.net.embedding_dim=16", "data.batch_size=32", "trainer.max_epochs=1",
-          "+trainer.limit_train_batches=80", "+trainer.limit_val_batches=5",
+          "++trainer.limit_train_batches=80", "++trainer.limit_val_batches=5",
           "trainer.val_check_interval=16", "trainer.num_sanity_val_steps=0",
           "callbacks.progress_bar.refresh_rate=0", "trainer.enable_model_summary=false",
           "callbacks.param_histograms=null", "callbacks.text_sample=null",

