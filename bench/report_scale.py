@@ -52,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 
 from hw2.callbacks.histograms import add_histogram  # noqa: E402
 from hw2.config import compose_config  # noqa: E402
-from hw2.train import flat_hparams  # noqa: E402
+from hw2.train import logged_hparams  # noqa: E402
 
 EPOCHS = 20
 TASKS = {
@@ -191,7 +191,7 @@ def write_events(run_dir: Path, task: str, cfg, rng: random.Random, hists: dict,
     m = spec["metric"]
     hp = [f"hp/val/{m}", "hp/val/loss", f"hp/best/{spec['monitor']}", f"hp/test/{m}",
           "hp/test/loss"]
-    logger.log_hyperparams(flat_hparams(cfg), metrics={k: float("nan") for k in hp})
+    logger.log_hyperparams(logged_hparams(cfg), metrics={k: float("nan") for k in hp})
     steps = EPOCHS * spec["steps_per_epoch"]
     good = m == "acc"  # accuracy rises, bits per character fall
     end = 0.5 + 0.4 * rng.random() if good else 1.6 + 0.4 * rng.random()
