@@ -398,6 +398,7 @@ def test_run_ends_with_a_sample_and_the_command_for_more(trained_run: tuple[Path
     assert len(more.stdout) == len("ROMEO") + 500 + 1  # and print's line break
 
 
+@pytest.mark.slow  # subprocesses of train.py / the CLI: ~10 s each
 def test_generate_cli_and_its_errors(trained_run: tuple[Path, dict], tmp_path: Path) -> None:
     out, _ = trained_run
     ckpt = out / "checkpoints" / "last.ckpt"

@@ -123,6 +123,7 @@ def test_help_lists_groups() -> None:
         assert group in out.stdout, group
 
 
+@pytest.mark.slow  # subprocesses of train.py / the CLI: ~10 s each
 def test_bad_cell_name_is_a_short_error(tmp_path: Path, small_text: Path) -> None:
     out = subprocess.run([sys.executable, "train.py", "model.net.cell=transformer",
                           f"paths.root_dir={tmp_path}", "data=text_file",

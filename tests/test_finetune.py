@@ -48,6 +48,7 @@ def test_evaluate_equals_the_validation_bpc(pretrained: tuple[Path, dict], small
     assert one_stream != pytest.approx(bpc, abs=1e-4)  # the streams really change the reading
 
 
+@pytest.mark.slow  # subprocesses of train.py / the CLI: ~10 s each
 def test_evaluate_cli_names_unseen_characters(pretrained: tuple[Path, dict], tmp_path: Path
                                               ) -> None:
     ckpt, _ = pretrained

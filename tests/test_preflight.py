@@ -24,6 +24,7 @@ def sweep(tmp_path: Path, text: Path, *overrides: str) -> subprocess.CompletedPr
          *overrides], cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # subprocesses of train.py / the CLI: ~10 s each
 def test_a_misspelt_key_stops_the_sweep_before_any_job(tmp_path: Path, small_text: Path
                                                        ) -> None:
     out = sweep(tmp_path, small_text, "model.net.cell=rnn,lstm,gru",
@@ -42,6 +43,7 @@ def test_a_misspelt_key_stops_the_sweep_before_any_job(tmp_path: Path, small_tex
     assert "Launching" not in out.stdout + err
 
 
+@pytest.mark.slow  # subprocesses of train.py / the CLI: ~10 s each
 def test_missing_data_is_found_before_the_sweep(tmp_path: Path, small_text: Path) -> None:
     out = sweep(tmp_path, small_text, "model.net.cell=rnn,gru",
                 f"data.corpus.test_path={tmp_path / 'nope.txt'}")

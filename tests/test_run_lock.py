@@ -87,6 +87,7 @@ def test_lock_refuses_another_process_names_the_holder_and_dies_with_it(tmp_path
         holding.wait()
 
 
+@pytest.mark.slow  # subprocesses of train.py / the CLI: ~10 s each
 def test_second_train_on_a_live_run_dir_stops_at_once_and_touches_nothing(
         tmp_path: Path, small_text: Path) -> None:
     logs, ready = tmp_path / "logs", tmp_path / "ready"

@@ -86,6 +86,7 @@ print(mmapped_while_allocated(size) - libc.mallinfo2().hblkhd, tune_malloc(),
 """
 
 
+@pytest.mark.slow  # subprocesses of train.py / the CLI: ~10 s each
 def test_tune_malloc_keeps_big_blocks_off_mmap() -> None:
     """In a fresh process (the setting is process-wide): glibc mmaps a 64 MiB block by
     default and serves it from the heap once tuned (mallinfo2's mmapped bytes)."""
