@@ -321,7 +321,8 @@ def test_hyperparameters_reach_the_hparams_view_and_yaml(trained_run: tuple[Path
         content["_hparams_/session_start_info"]).session_start_info.hparams
     assert start["data/batch_size"].number_value == 4
     assert start["model/net/hidden_size"].number_value == 32
-    assert start["model/optimizer/lr"].number_value > 0
+    lr = yaml.safe_load((out / "csv" / "hparams.yaml").read_text())["model"]["optimizer"]["lr"]
+    assert start["model/optimizer/lr"].number_value == pytest.approx(lr)
     assert start["seed"].number_value == 1234
     assert start["model/net/cell"].string_value == "lstm"
     assert not [k for k in start if "/_" in k or k.startswith("_")]  # _target_, _partial_
