@@ -199,7 +199,8 @@ def test_two_nodes_train_the_cnn_and_write_once(tmp_path: Path) -> None:
           f"2 nodes x 1 process took {run.seconds:.0f} s")
     assert {"train/loss", "val/acc", "test/acc"} <= set(rec["metrics"])
     run_dir = tmp_path / "logs/cnn/runs" / f"torchrun-{run_id}"
-    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)  # the record's step is the run's last step, saved once
+    # the record's step is the run's last step, saved once
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert rec["metrics"]["trainer/global_step"] == last["global_step"] >= 2
 
 
