@@ -130,3 +130,18 @@ def test_second_train_on_a_live_run_dir_stops_at_once_and_touches_nothing(
     assert record["status"] == "finished" and record["attempts"] == 2
     assert record["resumed_from"] == str(run_dir / "checkpoints" / "last.ckpt")
     assert record["metrics"]["trainer/global_step"] == 8
+
+
+def test_only_an_optuna_sweep_dir_is_shared_by_its_workers() -> None:
+    """A grid sweep's directory is locked (a second submission of it stops at once); the
+    workers of one Optuna study share theirs, each trial's job locking its own directory."""
+    from omegaconf import OmegaConf
+
+    from hw2.sweeps.hydra_callbacks import sweep_dir_is_shared
+
+    def sweeper(target: str | None) -> bool:
+        return sweep_dir_is_shared(OmegaConf.create({"hydra": {"sweeper": {"_target_": target}}}))
+
+    assert sweeper("hydra_plugins.hw2_optuna_sweeper.optuna_sweeper.OptunaSweeper")
+    assert not sweeper("hydra._internal.core_plugins.basic_sweeper.BasicSweeper")
+    assert not sweeper(None)

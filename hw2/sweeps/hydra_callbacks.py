@@ -7,7 +7,8 @@
   `paths.log_dir` would end in a raw mkdir traceback; this checks it first and says what to do.
   It also locks the run (or sweep) directory (`hw2.runs.lock`) before Hydra writes into it:
   a second process on a directory a live one trains into stops here, before Hydra rewrites
-  the holder's `.hydra/` files or appends to its log.
+  the holder's `.hydra/` files or appends to its log. A sweep directory that workers share by
+  design (one Optuna study) is not locked; its jobs are.
 - `SweepReport`: every multirun ends in its report and a summary of the jobs that failed. Jobs
   survive failures in `hw2.sweeps.job.run_job`; here the sweep as a whole exits non-zero when
   any job did not finish, so scripts and CI see it.
@@ -24,6 +25,7 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from hw2.runs import tracking
@@ -68,6 +70,19 @@ class SharedRunDir(Callback):
                 config.hydra.job.name = f"{config.hydra.job.name}_rank{rank}"
 
 
+def sweep_dir_is_shared(config: DictConfig) -> bool:
+    """Whether the configured sweeper lets several processes work in one sweep directory at
+    once (its class says `shares_sweep_dir = True`): the workers of one Optuna study do, each
+    job in its own trial's directory, which it locks itself (`hw2.sweeps.job.run_job`)."""
+    target = OmegaConf.select(config, "hydra.sweeper._target_")
+    if not target:
+        return False
+    try:
+        return bool(getattr(get_class(str(target)), "shares_sweep_dir", False))
+    except Exception:  # noqa: BLE001 - Hydra itself reports a sweeper it cannot load
+        return False
+
+
 class CheckRunDir(Callback):
     """Stop with one line naming the directory when the run (or sweep) directory cannot be
     written (a file in the way, a read-only or full disk) or another live process holds it;
@@ -79,7 +94,10 @@ class CheckRunDir(Callback):
         self._path = self._check(config, "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._path = self._check(config, "hydra.sweep.dir")
+        shared = sweep_dir_is_shared(config)
+        self._path = self._check(config, "hydra.sweep.dir", lock=not shared)
+        if shared:
+            self._path = None  # nothing to release: each job still locks its own directory
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self._path is not None:
@@ -90,11 +108,12 @@ class CheckRunDir(Callback):
             release(self._path)
 
     @staticmethod
-    def _check(config: DictConfig, key: str) -> str:
+    def _check(config: DictConfig, key: str, lock: bool = True) -> str:
         HydraConfig.instance().set_config(config)  # ${hydra:...} in the path resolves
         path = str(OmegaConf.select(config, key))
         try:  # the lock first: a busy directory gets no probe file either
-            acquire(path)
+            if lock:
+                acquire(path)
             writable_dir(path, hint="set paths.log_dir (or hydra.run.dir) to a writable "
                                     "directory with free space")
         except RunDirBusy as e:

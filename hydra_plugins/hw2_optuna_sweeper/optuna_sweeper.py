@@ -114,6 +114,10 @@ def search_space(params: dict[str, Any] | None, arguments: Sequence[str]
 
 
 class OptunaSweeper(Sweeper):
+    # workers of one study (on one machine or several over a shared disk) work in the same
+    # sweep dir: each trial has its own job dir, locked by its job (hw2.sweeps.hydra_callbacks)
+    shares_sweep_dir = True
+
     def __init__(self, sampler: Any = None, pruner: Any = None, direction: str = "minimize",
                  study_name: str | None = None, storage: str | None = None, n_trials: int = 20,
                  n_jobs: int = 1, params: dict[str, Any] | None = None,
