@@ -109,10 +109,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> dict[st
                           device=accelerator, gpu=os.environ.get("CUDA_VISIBLE_DEVICES"))
             if record.writer:  # the code and libraries that ran (git.diff if the tree is dirty)
                 record.update(**provenance(cfg.paths.output_dir, accelerator, record.previous))
-            metrics, pruned = _run(cfg, extra_callbacks, record)
-            record.update(metrics=metrics)
-            if pruned:  # stopped by Optuna's pruner (hw2.callbacks.pruning): a normal end
-                record.end("pruned")
+            metrics, _ = _run(cfg, extra_callbacks, record)
             return metrics
     finally:
         if record is not None and record.writer:
@@ -204,6 +201,11 @@ def _run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback], record: RunRec
         elif not cfg.get("train"):
             log_params(logger, logged_hparams(cfg))
         logger.save()
+    # the run is done: recorded before the report and its sample are printed, so a kill while
+    # they print leaves a finished run (a re-run skips it), not one to resume and run again.
+    # pruned: stopped by Optuna's pruner (hw2.callbacks.pruning), a normal end
+    record.update(metrics=metrics)
+    record.end("pruned" if pruned else "finished")
     report(cfg, trainer, metrics, record.data)
     return metrics, pruned
 

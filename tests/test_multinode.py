@@ -275,7 +275,7 @@ def ray_cluster() -> Iterator[RayCluster]:
     without Ray's 30 s drain). `ray stop` is not used: it would end every Ray on the machine."""
     temp = Path(tempfile.mkdtemp(prefix="hw2-ray-"))  # short: Ray's socket paths must fit
     port = free_port()
-    # token authentication, as `ray start` has by default since Ray 2.59: the cluster's secret
+    # token authentication, as recent `ray start` (2.60) has by default: the cluster's secret
     # in a private file that every node and the sweep read (not the user's ~/.ray/auth_token)
     token = temp / "auth_token"
     token.write_text(secrets.token_hex(32))

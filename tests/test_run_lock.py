@@ -145,3 +145,24 @@ def test_only_an_optuna_sweep_dir_is_shared_by_its_workers() -> None:
     assert sweeper("hydra_plugins.hw2_optuna_sweeper.optuna_sweeper.OptunaSweeper")
     assert not sweeper("hydra._internal.core_plugins.basic_sweeper.BasicSweeper")
     assert not sweeper(None)
+
+
+def test_a_run_stopped_while_its_sample_prints_is_recorded_finished(
+        tmp_path: Path, small_text: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The results are in run.json (finished) before the report and its sample print: a run
+    killed while they print is not resumed and run to completion again by the next sweep."""
+    import hw2.train
+
+    def stopped(*args: object, **kwargs: object) -> str:
+        raise KeyboardInterrupt  # stands for a kill while the sample is generated
+
+    monkeypatch.setattr(hw2.train, "sample_report", stopped)
+    run_dir = tmp_path / "run"
+    cfg = compose_config([*TINY, f"data.corpus.path={small_text}",
+                          f"paths.cache_dir={tmp_path / 'cache'}"], run_dir)
+    assert cfg.sample_at_end.prime == "ROMEO"  # the default experiment samples at its end
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg)
+    record = read_record(run_dir)
+    assert record["status"] == "finished", record
+    assert record["metrics"]["trainer/global_step"] == 8

@@ -110,25 +110,34 @@ def last_error_line(exc: BaseException) -> str:
 
 @contextmanager
 def recorded_run(run_dir: str | os.PathLike) -> Iterator[RunRecord]:
-    """Write `run.json` as `running` now and `finished`/`failed`/`interrupted` at the end."""
+    """Write `run.json` as `running` now and `finished`/`failed`/`interrupted` at the end. A
+    run recorded done (`record.end("finished")` once its results are in) stays done: what
+    stops it after that (a kill while the report or a sample prints) does not undo its
+    results."""
     record = RunRecord(run_dir)
     try:
         yield record
-    except (KeyboardInterrupt, SIGTERMException) as e:
-        what = "SIGTERM (pre-empted)" if isinstance(e, SIGTERMException) else "KeyboardInterrupt"
-        record.end("interrupted", error=what)
-        raise
-    except SystemExit as e:  # Lightning turns Ctrl-C into sys.exit(1) after saving
-        ctrl_c = isinstance(e.__context__, KeyboardInterrupt)
-        record.end("interrupted" if ctrl_c else "failed",
-                   error="KeyboardInterrupt" if ctrl_c else f"exit {e.code}")
-        raise
     except BaseException as e:
-        # Lightning turns SIGTERM (SLURM preemption, `timeout`) into SIGTERMException, a
-        # SystemExit: the run was stopped, not broken, and a re-run resumes it
-        interrupted = type(e).__name__ == "SIGTERMException"
-        record.end("interrupted" if interrupted else "failed", error=last_error_line(e))
+        if record.data.get("status") not in DONE:
+            record_stop(record, e)
         raise
     else:
         if record.data["status"] == "running":
             record.end("finished")
+
+
+def record_stop(record: RunRecord, e: BaseException) -> None:
+    """How the run stopped: interrupted (a re-run resumes it) or failed, with why."""
+    if isinstance(e, (KeyboardInterrupt, SIGTERMException)):
+        what = "SIGTERM (pre-empted)" if isinstance(e, SIGTERMException) else "KeyboardInterrupt"
+        record.end("interrupted", error=what)
+    elif type(e).__name__ == "SIGTERMException":
+        # the same exception of the `lightning` package (Lightning turns SIGTERM, SLURM's
+        # pre-emption or `timeout`, into it): the run was stopped, not broken
+        record.end("interrupted", error="SIGTERM (pre-empted)")
+    elif isinstance(e, SystemExit):  # Lightning turns Ctrl-C into sys.exit(1) after saving
+        ctrl_c = isinstance(e.__context__, KeyboardInterrupt)
+        record.end("interrupted" if ctrl_c else "failed",
+                   error="KeyboardInterrupt" if ctrl_c else f"exit {e.code}")
+    else:
+        record.end("failed", error=last_error_line(e))
