@@ -375,6 +375,7 @@ def test_generate_from_checkpoint(trained_run: tuple[Path, dict]) -> None:
     assert model.vocab.chars == sorted(set(model.vocab.chars)) and "R" in model.vocab.index
 
 
+@pytest.mark.slow  # a subprocess of 7 s
 def test_run_ends_with_a_sample_and_the_command_for_more(trained_run: tuple[Path, dict]
                                                          ) -> None:
     """sample_at_end: the run's last lines are a sample of the best checkpoint primed with

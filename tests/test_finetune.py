@@ -102,6 +102,7 @@ def test_fine_tuning_refuses_a_checkpoint_of_another_task(
         run(cfg)
 
 
+@pytest.mark.slow  # a subprocess of 7 s
 def test_generate_samples_top_p_and_prime_file(pretrained: tuple[Path, dict], tmp_path: Path
                                                ) -> None:
     ckpt, _ = pretrained
