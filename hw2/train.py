@@ -109,8 +109,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> dict[st
                           device=accelerator, gpu=os.environ.get("CUDA_VISIBLE_DEVICES"))
             if record.writer:  # the code and libraries that ran (git.diff if the tree is dirty)
                 record.update(**provenance(cfg.paths.output_dir, accelerator, record.previous))
-            metrics, _ = _run(cfg, extra_callbacks, record)
-            return metrics
+            return _run(cfg, extra_callbacks, record)
     finally:
         if record is not None and record.writer:
             finish_trackers(cfg.paths.output_dir)
@@ -127,8 +126,8 @@ def finish_trackers(run_dir: str) -> None:
 
 
 def _run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback], record: RunRecord
-         ) -> tuple[dict[str, float], bool]:
-    """(final metrics, whether an Optuna pruner stopped the fit)."""
+         ) -> dict[str, float]:
+    """The final metrics, recorded in `record` with how the run ended."""
     accelerator = str(cfg.trainer.get("accelerator", "auto"))
     if cfg.get("tune_malloc") and not uses_cuda(accelerator):
         tune_malloc()  # a CPU measure (bench/framework_tax.py); not measured helpful on a GPU
@@ -207,7 +206,7 @@ def _run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback], record: RunRec
     record.update(metrics=metrics)
     record.end("pruned" if pruned else "finished")
     report(cfg, trainer, metrics, record.data)
-    return metrics, pruned
+    return metrics
 
 
 def start_from(cfg: DictConfig, datamodule: pl.LightningDataModule) -> dict[str, Any] | None:

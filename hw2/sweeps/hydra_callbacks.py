@@ -94,10 +94,9 @@ class CheckRunDir(Callback):
         self._path = self._check(config, "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        shared = sweep_dir_is_shared(config)
-        self._path = self._check(config, "hydra.sweep.dir", lock=not shared)
-        if shared:
-            self._path = None  # nothing to release: each job still locks its own directory
+        shared = sweep_dir_is_shared(config)  # then each job locks only its own directory
+        path = self._check(config, "hydra.sweep.dir", lock=not shared)
+        self._path = None if shared else path
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self._path is not None:
