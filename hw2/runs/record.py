@@ -119,14 +119,14 @@ def recorded_run(run_dir: str | os.PathLike) -> Iterator[RunRecord]:
         yield record
     except BaseException as e:
         if record.data.get("status") not in DONE:
-            record_stop(record, e)
+            _record_stop(record, e)
         raise
     else:
         if record.data["status"] == "running":
             record.end("finished")
 
 
-def record_stop(record: RunRecord, e: BaseException) -> None:
+def _record_stop(record: RunRecord, e: BaseException) -> None:
     """How the run stopped: interrupted (a re-run resumes it) or failed, with why."""
     if isinstance(e, (KeyboardInterrupt, SIGTERMException)):
         what = "SIGTERM (pre-empted)" if isinstance(e, SIGTERMException) else "KeyboardInterrupt"
