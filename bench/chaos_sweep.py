@@ -10,8 +10,9 @@ trainer.accelerator=cpu hydra.launcher.n_jobs=4 trainer.deterministic=true seed=
 each job trains a tiny CharLM for `--steps` steps on a generated text in a child process of a
 joblib worker, saving last.ckpt every `--steps/4` steps. While it runs the driver
 
-- SIGKILLs `--kills` random training child processes (a job killed outright: the worker marks
-  it, the sweep goes on and exits non-zero at its end);
+- SIGKILLs `--kills` random training child processes that have recorded their attempt as
+  running (a job killed outright: the worker marks it, the sweep goes on and exits non-zero
+  at its end);
 - SIGKILLs the sweep itself twice: once its whole process group (a crash of the machine or the
   allocation: sweep, workers and children die together), once the sweep process alone (the OOM
   killer's choice: its workers and training children live on as orphans). After the latter the
@@ -199,10 +200,16 @@ def chaos(work: Path, jobs: int, kills: int, text: Path, steps: int, rng: random
                 pending_orphans = None
             done = finished_jobs(sweep_dir, jobs)
             if child_at and done >= child_at[0]:
-                children = training_children(pgid)
+                # only children that recorded their attempt as running: a kill still in the
+                # imports would test nothing (no attempt to count or resume)
+                live = training_children(pgid)
+                records = {pid: read_record(d) or {} for pid, d in live.items()}
+                children = {pid: d for pid, d in live.items()
+                            if records[pid].get("pid") == pid
+                            and records[pid].get("status") == "running"}
                 if children:
                     pid = rng.choice(sorted(children))
-                    record = read_record(children[pid]) or {}
+                    record = records[pid]
                     os.kill(pid, signal.SIGKILL)
                     wait_gone(pid)
                     # a job killed after it recorded its end (while its report printed) is
@@ -210,7 +217,7 @@ def chaos(work: Path, jobs: int, kills: int, text: Path, steps: int, rng: random
                     after = read_record(children[pid]) or {}
                     ended = after.get("pid") == pid and after.get("status") == "finished"
                     killed.append({"pid": pid, "job": children[pid].name, "attempts":
-                                   record.get("attempts") if record.get("pid") == pid else None,
+                                   record.get("attempts"),
                                    "after_its_end": ended})
                     child_at.pop(0)
             if sweep_at and done >= sweep_at[0][1] and training_children(pgid):

@@ -178,7 +178,8 @@ def _run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback], record: RunRec
     if cfg.get("train"):
         log_hparams_at_start(cfg, trainer, resuming=ckpt_path is not None)
         fit(cfg, trainer, model, datamodule, ckpt_path)
-        metrics.update(scalars(trainer.callback_metrics))
+        metrics.update(fit_metrics(trainer, record.previous if ckpt_path is not None else None))
+        record.update(metrics=metrics)  # a kill during the test: the next attempt keeps them
         pruned = any(getattr(cb, "pruned", False) for cb in trainer.callbacks)
     if cfg.get("test") and not pruned:  # a pruned trial's test would only hold its slot
         test_ckpt = tested_checkpoint(trainer) if cfg.get("train") else None
@@ -207,6 +208,16 @@ def _run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback], record: RunRec
     record.end("pruned" if pruned else "finished")
     report(cfg, trainer, metrics, record.data)
     return metrics
+
+
+def fit_metrics(trainer: pl.Trainer, previous: Mapping[str, Any] | None) -> dict[str, float]:
+    """The last value of every metric of the fit. A resumed attempt logs only what it ran: one
+    resumed from the fit's end checkpoint (its predecessor was killed during the test) logs no
+    train or val metric at all. The earlier attempt's recorded fit metrics fill those gaps;
+    its test and best-checkpoint values are not carried over (this attempt makes its own)."""
+    earlier = {k: float(v) for k, v in ((previous or {}).get("metrics") or {}).items()
+               if not k.startswith(("test/", "best/", "trainer/")) and isinstance(v, int | float)}
+    return {**earlier, **scalars(trainer.callback_metrics)}
 
 
 def start_from(cfg: DictConfig, datamodule: pl.LightningDataModule) -> dict[str, Any] | None:

@@ -310,10 +310,12 @@ def test_ray_cluster_sweep_survives_losing_a_node(tmp_path: Path) -> None:
         ids = cluster.node_ids(2)
         name_of = {f"ray:{v}": k for k, v in ids.items()}
         # max_retries=0: a job lost with its node fails now (Ray would otherwise rerun it)
+        # 1,000 steps: seconds of training after the first checkpoint (step 40) even on a fast
+        # CPU, so the second node is stopped while both of its jobs train
         cmd = train_cmd([*TINY, "launcher=ray", "hydra.launcher.ray.remote.num_cpus=0",
                          f"hydra.launcher.ray.init.address={cluster.address}",
                          "+hydra.launcher.ray.remote.max_retries=0", f"hydra.sweep.dir={sweep}",
-                         "data=text_file", f"data.corpus.path={text}", "+trainer.max_steps=200",
+                         "data=text_file", f"data.corpus.path={text}", "+trainer.max_steps=1000",
                          "trainer.val_check_interval=40", "++trainer.limit_val_batches=5",
                          "trainer.max_epochs=50", "seed=1,2,3,4"], tmp_path, multirun=True)
 
@@ -367,4 +369,4 @@ def test_ray_cluster_sweep_survives_losing_a_node(tmp_path: Path) -> None:
             else:  # ran again, on the head (the only node left), from its checkpoint
                 assert r["attempts"] == 2 and node_of(r) == "head"
                 assert r["resumed_from"] == str(sweep / str(n) / "checkpoints/last.ckpt")
-                assert r["metrics"]["trainer/global_step"] == 200
+                assert r["metrics"]["trainer/global_step"] == 1000

@@ -166,3 +166,34 @@ def test_a_run_stopped_while_its_sample_prints_is_recorded_finished(
     record = read_record(run_dir)
     assert record["status"] == "finished", record
     assert record["metrics"]["trainer/global_step"] == 8
+
+
+def test_a_run_killed_during_its_test_resumes_with_the_metrics_of_its_fit(
+        tmp_path: Path, small_text: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run killed after its fit, during the test, resumes from the fit's end checkpoint: that
+    attempt trains nothing and logs no train or val metric, yet its run.json ends with the same
+    metrics as a run never interrupted (the fit's, recorded before the test)."""
+    import hw2.train
+
+    args = [*TINY, f"data.corpus.path={small_text}", f"paths.cache_dir={tmp_path / 'cache'}",
+            "test=true", "data.corpus.test_fraction=0.1", "trainer.val_check_interval=4",
+            "sample_at_end=null", "seed=3", "trainer.deterministic=true"]
+    run(compose_config(args, tmp_path / "reference"))
+    reference = read_record(tmp_path / "reference")["metrics"]
+    assert {"train/bpc", "val/bpc", "test/bpc"} <= set(reference)
+
+    tested = hw2.train.tested_checkpoint
+
+    def killed(*a: object, **k: object) -> str:
+        raise KeyboardInterrupt  # stands for a kill as the test starts
+
+    run_dir = tmp_path / "run"
+    monkeypatch.setattr(hw2.train, "tested_checkpoint", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run(compose_config(args, run_dir))
+    assert read_record(run_dir)["status"] == "interrupted"
+    monkeypatch.setattr(hw2.train, "tested_checkpoint", tested)
+    run(compose_config(args, run_dir))  # resume=auto: from the end checkpoint
+    record = read_record(run_dir)
+    assert record["attempts"] == 2 and record["resumed_from"], record
+    assert record["metrics"] == reference
