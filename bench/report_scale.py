@@ -244,7 +244,9 @@ def build(root: Path, task: str, n_runs: int, seeds: int, work: Path) -> None:
         combos = [c + [v] for c in combos for v in values]
     _STATE.update(root=root, task=task, seeds=seeds, ckpt=ckpt, base=base,
                   hydra=OmegaConf.to_container(base.hydra, resolve=False),
-                  hists=hist_records(task), combos=combos[:math.ceil(n_runs / seeds)],
+                  hists=(hists := hist_records(task)),
+                  params=int(sum(per_epoch[0]["num"] for per_epoch in hists.values())),
+                  combos=combos[:math.ceil(n_runs / seeds)],
                   images=[picture(rng_img, shape) for _, shape in FEATURE_MAPS + TEST_IMAGES],
                   started=time.time() - 3600)
     with multiprocessing.get_context("fork").Pool(os.cpu_count()) as pool:
@@ -282,7 +284,7 @@ def _one_run(i: int) -> None:
     record = {"status": "finished", "pid": 10_000 + i, "host": socket.gethostname(),
               "started": t0, "ended": t0 + 600, "attempts": 1, "first_started": t0,
               "overrides": overrides, "resumed_from": None, "device": "cpu", "gpu": None,
-              "metrics": metrics}
+              "params": st["params"], "metrics": metrics}
     (run_dir / "run.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 

@@ -21,13 +21,13 @@ from hw2.runs import tracking
 from hw2.runs.checkpoints import (
     check_resume_data,
     check_task,
-    last_checkpoint,
     load_for_data,
     monitored_best,
     read_checkpoint,
     resume_hparams,
     task_of,
 )
+from hw2.runs.layout import last_checkpoint
 from hw2.runs.lock import run_dir_lock
 from hw2.runs.provenance import provenance
 from hw2.runs.record import RunRecord, job_overrides, read_record, recorded_run
@@ -166,6 +166,8 @@ def _run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback], record: RunRec
         raise ValueError("train=false needs ckpt_path=<checkpoint> to test")
     else:  # test-only: the checkpoint's own network, checked against the data
         model = load_for_data(ckpt_path, cfg.model._target_, datamodule)
+    # for reports: the count the weight histograms would give, without reading the events
+    record.update(params=sum(p.numel() for p in model.parameters()))
     callbacks = instantiate_group(cfg.get("callbacks")) + list(extra_callbacks)
     loggers = make_loggers(cfg, purge_step=logging_step(ckpt_path) if cfg.get("train") else None,
                            record=record)

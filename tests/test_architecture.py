@@ -155,3 +155,17 @@ def test_readme_layout_names_every_module() -> None:
         elif path.name != "__init__.py" and path.name not in line:
             missing.append(str(rel))
     assert not missing, "modules missing from the README's layout: " + ", ".join(missing)
+
+
+def test_reading_runs_imports_neither_torch_nor_lightning() -> None:
+    """The report and the sweep's skip/resume check read run directories: paths, records and
+    events, no tensors. Importing torch and Lightning would cost seconds per report."""
+    import subprocess
+    import sys
+
+    code = ("import sys, hw2.report, hw2.report.runs, hw2.runs.layout, hw2.runs.record; "
+            "print(sorted(m for m in ('torch', 'pytorch_lightning', 'lightning') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -4,6 +4,7 @@ report on a tiny real sweep of each task whose numbers equal the event files' (s
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -84,6 +85,11 @@ def check_report(sweep_dir: Path, jobs: int, metric: str, mode: str) -> None:
         assert float(row[f"best val/{metric}"]) == pytest.approx(nums["best"], abs=5e-5)
         assert float(row[f"test/{metric}"]) == pytest.approx(nums["test"], abs=5e-5)
         assert row["status"] == "finished"
+    for run in load_runs(sweep_dir):  # run.json's numbers are those of the events
+        events_only = dataclasses.replace(run, record=None)
+        assert run.params == events_only.params and run.params is not None
+        for key in ("final_val", "best_val", "test"):
+            assert getattr(run, key) == pytest.approx(getattr(events_only, key), abs=1e-6)
     html = (sweep_dir / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 2  # figures embedded, no external files
     assert (sweep_dir / "report_figures").is_dir()
@@ -131,7 +137,7 @@ def test_report_of_a_real_cnn_sweep(tmp_path: Path) -> None:
 def write_run(sweep_dir: Path, name: str, cell: str, seed: int, val: list[float], test: float,
               commit: str, diff: str = "") -> None:
     """A finished CharLM run on disk as a sweep job leaves it: config, overrides, run.json with
-    its commit, TensorBoard scalars."""
+    its commit and final metrics, TensorBoard scalars."""
     from torch.utils.tensorboard import SummaryWriter
 
     run_dir = sweep_dir / name
@@ -145,7 +151,8 @@ def write_run(sweep_dir: Path, name: str, cell: str, seed: int, val: list[float]
     git = {"commit": commit, "dirty": bool(diff), **({"diff_sha1": diff} if diff else {})}
     (run_dir / "run.json").write_text(json.dumps(
         {"status": "finished", "started": 100.0, "ended": 160.5, "attempts": 1, "git": git,
-         "metrics": {"trainer/global_step": 30.0}}))
+         "metrics": {"val/bpc": val[-1], "best/val/bpc": min(val), "test/bpc": test,
+                     "trainer/global_step": 30.0}}))
     with SummaryWriter(str(run_dir / "tensorboard")) as w:
         for i, v in enumerate(val):
             w.add_scalar("val/bpc", v, 10 * (i + 1))
@@ -208,8 +215,12 @@ def write_small_run(run_dir: Path, hidden: int, seed: int, bpc: float) -> None:
                     "callbacks": {"model_checkpoint": {"monitor": "val/bpc", "mode": "min"}}},
                    run_dir / ".hydra" / "config.yaml")
     OmegaConf.save(overrides, run_dir / ".hydra" / "overrides.yaml")
-    (run_dir / "run.json").write_text(f'{{"status": "finished", "attempts": 1, '
-                                      f'"overrides": {overrides!r}}}'.replace("'", '"'))
+    final = round(bpc + 0.2 - 2 / 10, 6)
+    (run_dir / "run.json").write_text(json.dumps(
+        {"status": "finished", "attempts": 1, "overrides": overrides,
+         "params": 1000 * hidden,
+         "metrics": {"val/bpc": final, "best/val/bpc": final, "test/bpc": bpc,
+                     "trainer/global_step": 3.0}}))
     writer = SummaryWriter(str(run_dir / "tensorboard"))
     for step in range(3):
         writer.add_scalar("train/loss", bpc + 1 - step / 10, step)
@@ -218,15 +229,28 @@ def write_small_run(run_dir: Path, hidden: int, seed: int, bpc: float) -> None:
     writer.close()
 
 
-def test_many_groups_draw_the_best_and_say_what_is_left_out(tmp_path: Path) -> None:
+def test_many_groups_draw_the_best_and_say_what_is_left_out(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """14 groups (2 seeds each): the figures show the best 10 by test BPC and say 4 more were
-    not drawn; the group table still lists all 14, the run table all 28 runs."""
+    not drawn; the group table still lists all 14, the run table all 28 runs. The table's
+    numbers come from the runs' records: only the drawn runs' events are read."""
+    import hw2.report.runs
+
     sizes = [16 * (i + 1) for i in range(14)]
     for i, hidden in enumerate(sizes):
         for seed in (1, 2):
             # larger networks score better here: the best 10 groups are the 10 largest
             write_small_run(tmp_path / str(2 * i + seed - 1), hidden, seed, 3.0 - i / 10)
+    read: list[str] = []
+    real_read = hw2.report.runs.read_events
+
+    def counted(tb_dir: Path) -> hw2.report.runs.Events:
+        read.append(tb_dir.parent.name)
+        return real_read(tb_dir)
+
+    monkeypatch.setattr(hw2.report.runs, "read_events", counted)
     build_report(tmp_path, samples=False)
+    assert sorted(read, key=int) == [str(i) for i in range(8, 28)]  # the 10 drawn groups, once
     md = (tmp_path / "report.md").read_text(encoding="utf-8")
     assert ("Figures show the best 10 of 14 groups by test bpc; 4 more groups not drawn "
             "(every group is in the table above).") in md

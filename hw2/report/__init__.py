@@ -23,7 +23,7 @@ from hw2.report import figures
 from hw2.report.groups import Group, compare, group_runs, primary_metric
 from hw2.report.render import Block, Heading, Image, Para, Pre, Table, to_html, to_markdown
 from hw2.report.runs import Run, differing_keys, find_run_dirs, load_runs
-from hw2.runs.checkpoints import best_checkpoint, last_checkpoint
+from hw2.runs.layout import last_checkpoint
 from hw2.runs.record import read_record, status_of
 from hw2.utils.fileio import atomic_write_text
 
@@ -219,6 +219,8 @@ def section(task: str, runs: list[Run], fig_dir: Path, group_by: Sequence[str] |
 
 def sample_checkpoint(run: Run) -> Path | None:
     """The run's best checkpoint, else its last.ckpt (a run without validation), else None."""
+    from hw2.runs.checkpoints import best_checkpoint  # torch: only when samples are drawn
+
     best = best_checkpoint(run.path)
     if best is not None:
         return best

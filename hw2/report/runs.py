@@ -13,9 +13,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from hw2.runs.checkpoints import CHECKPOINT_DIR
+from hw2.runs.layout import CHECKPOINT_DIR
 from hw2.runs.provenance import code_identities, commit_label
-from hw2.runs.record import read_record, status_of
+from hw2.runs.record import DONE, read_record, status_of
 
 SKIP_PARTS = {".submitit", "report_figures", CHECKPOINT_DIR, "tensorboard"}
 
@@ -33,7 +33,21 @@ class Histogram:
 
 
 @dataclass
+class Events:
+    """What a report draws from a run's TensorBoard events."""
+
+    scalars: dict[str, list[tuple[int, float, float]]] = field(default_factory=dict)
+    histograms: dict[str, Histogram] = field(default_factory=dict)
+    images: dict[str, bytes] = field(default_factory=dict)
+
+
+@dataclass
 class Run:
+    """One run directory. Its numbers (final, best and test metric, parameters, steps) come
+    from run.json when the run ended normally (it records them); its events are read only when
+    a figure draws them or the record lacks a number: a report over a thousand runs reads a
+    few runs' events, not every one."""
+
     path: Path
     task: str
     config: DictConfig
@@ -43,9 +57,31 @@ class Run:
     status: str
     monitor: str  # e.g. val/bpc
     mode: str  # min | max
-    scalars: dict[str, list[tuple[int, float, float]]] = field(default_factory=dict)
-    histograms: dict[str, Histogram] = field(default_factory=dict)
-    images: dict[str, bytes] = field(default_factory=dict)
+    events_dir: Path | None = None  # <run>/tensorboard, read on first use
+    _events: Events | None = field(default=None, repr=False)
+
+    @property
+    def events(self) -> Events:
+        if self._events is None:
+            self._events = (read_events(self.events_dir) if self.events_dir is not None
+                            and self.events_dir.is_dir() else Events())
+        return self._events
+
+    @property
+    def scalars(self) -> dict[str, list[tuple[int, float, float]]]:
+        return self.events.scalars
+
+    @scalars.setter
+    def scalars(self, value: dict[str, list[tuple[int, float, float]]]) -> None:
+        self.events.scalars = value
+
+    @property
+    def histograms(self) -> dict[str, Histogram]:
+        return self.events.histograms
+
+    @property
+    def images(self) -> dict[str, bytes]:
+        return self.events.images
 
     @property
     def name(self) -> str:
@@ -60,12 +96,28 @@ class Run:
         return [v for _, _, v in self.scalars.get(tag, [])]
 
     @property
+    def recorded(self) -> dict[str, float] | None:
+        """The final metrics run.json holds for a run that ended normally (finished or
+        pruned: `hw2.train` records them, then the status); None otherwise."""
+        metrics = (self.record or {}).get("metrics")
+        if self.status not in DONE or not isinstance(metrics, dict):
+            return None
+        return metrics
+
+    @property
     def final_val(self) -> float | None:
+        rec = self.recorded
+        if rec is not None and self.monitor in rec:
+            return float(rec[self.monitor])
         vals = self.values(self.monitor)
         return vals[-1] if vals else None
 
     @property
     def best_val(self) -> float | None:
+        rec = self.recorded
+        key = f"best/{self.monitor}"  # the checkpoint callback's best score
+        if rec is not None and key in rec and math.isfinite(float(rec[key])):
+            return float(rec[key])
         vals = [v for v in self.values(self.monitor) if math.isfinite(v)]
         if not vals:
             return None
@@ -73,12 +125,20 @@ class Run:
 
     @property
     def test(self) -> float | None:
+        rec = self.recorded
+        if rec is not None:  # a run that recorded no test metric ran no test
+            value = rec.get(f"test/{self.metric}")
+            return None if value is None else float(value)
         vals = self.values(f"test/{self.metric}")
         return vals[-1] if vals else None
 
     @property
     def params(self) -> int | None:
-        """Parameter count: the elements of the last histogram of every parameter."""
+        """Parameter count: as recorded, else the elements of the last histogram of every
+        parameter."""
+        recorded = (self.record or {}).get("params")
+        if isinstance(recorded, int):
+            return recorded
         nums = [h.num for tag, h in self.histograms.items() if tag.startswith("params/")]
         return int(sum(nums)) if nums else None
 
@@ -194,7 +254,7 @@ def event_records(path: Path) -> Iterator[bytes]:
         pos = end + 4
 
 
-def read_events(tb_dir: Path, run: Run) -> None:
+def read_events(tb_dir: Path) -> Events:
     """Scalars (all points), the last histogram and the last image of every tag, merged over the
     run's event files (several per run: fit, test, hparams, resumed attempts): where two give a
     step, the later write wins. Read straight from the records with the protobuf parser: what
@@ -238,9 +298,9 @@ def read_events(tb_dir: Path, run: Run) -> None:
             for step, (wall, value) in points.items():
                 if step not in merged or merged[step][0] <= wall:
                     merged[step] = (wall, value)
-    run.scalars = {t: [(s, w, v) for s, (w, v) in sorted(p.items())] for t, p in scalars.items()}
-    run.histograms = {t: h for t, (_, h) in last_hist.items()}
-    run.images = {t: b for t, (_, b) in last_img.items()}
+    return Events({t: [(s, w, v) for s, (w, v) in sorted(p.items())] for t, p in scalars.items()},
+                  {t: h for t, (_, h) in last_hist.items()},
+                  {t: b for t, (_, b) in last_img.items()})
 
 
 def load_run(run_dir: Path) -> Run:
@@ -256,12 +316,9 @@ def load_run(run_dir: Path) -> Run:
     mode = OmegaConf.select(config, "callbacks.model_checkpoint.mode", default=None)
     if not isinstance(monitor, str) or monitor == "???":
         monitor, mode = ("val/bpc", "min") if task == "charlm" else ("val/acc", "max")
-    run = Run(run_dir, task, config, choices, overrides, record,
-              status_of(record) if record else "unknown", monitor, str(mode or "min"))
-    tb = run_dir / "tensorboard"
-    if tb.is_dir():
-        read_events(tb, run)
-    return run
+    return Run(run_dir, task, config, choices, overrides, record,
+               status_of(record) if record else "unknown", monitor, str(mode or "min"),
+               events_dir=run_dir / "tensorboard")
 
 
 def load_runs(root: Path) -> list[Run]:

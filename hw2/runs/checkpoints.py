@@ -22,24 +22,11 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import get_class
 
+from hw2.runs.layout import CHECKPOINT_DIR, LAST_CKPT, checkpoint_dir
+
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=pl.LightningModule)
-
-# a run directory's checkpoints: conf/callbacks/default.yaml writes them to
-# <run dir>/checkpoints/, the latest state as last.ckpt (what resume=auto continues from)
-CHECKPOINT_DIR = "checkpoints"
-LAST_CKPT = "last.ckpt"
-
-
-def checkpoint_dir(run_dir: str | os.PathLike) -> Path:
-    return Path(run_dir) / CHECKPOINT_DIR
-
-
-def last_checkpoint(run_dir: str | os.PathLike) -> Path:
-    """`<run dir>/checkpoints/last.ckpt` (it may not exist yet)."""
-    return checkpoint_dir(run_dir) / LAST_CKPT
-
 
 @dataclass(frozen=True)
 class BestCheckpoint:

@@ -17,10 +17,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from hw2.utils.runtime import uses_cuda
-
 log = logging.getLogger(__name__)
 
 SOURCE_DIR = Path(__file__).resolve().parents[2]  # the checkout (or site-packages) holding hw2
@@ -87,6 +83,10 @@ def cpu_name() -> str:
 
 def device_name(accelerator: str) -> str:
     """The GPU's name when the run uses CUDA, else the CPU model."""
+    import torch  # here, not at the top: the report reads records without torch
+
+    from hw2.utils.runtime import uses_cuda
+
     if uses_cuda(accelerator) and torch.cuda.is_available():
         return torch.cuda.get_device_name()
     return cpu_name()

@@ -18,8 +18,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pytorch_lightning.utilities.exceptions import SIGTERMException
-
 from hw2.utils.fileio import atomic_write_json
 from hw2.utils.process import pid_alive
 from hw2.utils.ranks import global_rank, node
@@ -128,12 +126,12 @@ def recorded_run(run_dir: str | os.PathLike) -> Iterator[RunRecord]:
 
 def _record_stop(record: RunRecord, e: BaseException) -> None:
     """How the run stopped: interrupted (a re-run resumes it) or failed, with why."""
-    if isinstance(e, (KeyboardInterrupt, SIGTERMException)):
-        what = "SIGTERM (pre-empted)" if isinstance(e, SIGTERMException) else "KeyboardInterrupt"
-        record.end("interrupted", error=what)
+    if isinstance(e, KeyboardInterrupt):
+        record.end("interrupted", error="KeyboardInterrupt")
     elif type(e).__name__ == "SIGTERMException":
-        # the same exception of the `lightning` package (Lightning turns SIGTERM, SLURM's
-        # pre-emption or `timeout`, into it): the run was stopped, not broken
+        # Lightning turns SIGTERM (SLURM's pre-emption, `timeout`) into this exception, of the
+        # `pytorch_lightning` or the `lightning` package: the run was stopped, not broken.
+        # Matched by name, so that reading records never imports Lightning.
         record.end("interrupted", error="SIGTERM (pre-empted)")
     elif isinstance(e, SystemExit):  # Lightning turns Ctrl-C into sys.exit(1) after saving
         ctrl_c = isinstance(e.__context__, KeyboardInterrupt)
