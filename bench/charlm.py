@@ -32,7 +32,7 @@ def probe_chars_per_sec(cell: str, batch: int, seq_len: int, dropout: float,
     import torch
     import torch.nn.functional as F
 
-    from hw2.models.charlm import CharRNN
+    from hw2.models.char_rnn import CharRNN
     from hw2.utils.runtime import fast_precision, tune_malloc
 
     tune_malloc()  # as the trainer does

@@ -203,7 +203,7 @@ def run_plain(task: str, s: dict, device: str, clock: Clock, malloc: bool) -> No
     if task == "charlm":
         from hw2.data.char_data import CharDataModule
         from hw2.data.corpus import TinyShakespeare
-        from hw2.models.charlm import CharRNN, detach
+        from hw2.models.char_rnn import CharRNN, detach
 
         dm = CharDataModule(TinyShakespeare(str(data_dir()), str(ROOT / ".cache")),
                             batch_size=s["batch"], seq_len=s["seq_len"])

@@ -111,6 +111,7 @@ def real_checkpoint(task: str, work: Path) -> tuple[Path, dict]:
                  "callbacks.progress_bar.refresh_rate=0", "trainer.enable_model_summary=false",
                  "logger=csv", f"paths.log_dir={work / 'logs'}", f"paths.cache_dir={work}"]
     out = work / f"seed_{task}"
+    shutil.rmtree(out, ignore_errors=True)  # a fresh run, not a resumed one of an older build
     cfg = compose_config(overrides, out)
     run(cfg)
     ckpt = sorted((out / "checkpoints").glob("epoch*.ckpt"))[0]
@@ -289,30 +290,26 @@ def _one_run(i: int) -> None:
 
 
 def tree_rss_mb(pid: int) -> float:
-    """Resident memory of `pid` and all its descendants now (from /proc), in MB."""
-    children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{name}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        children.setdefault(int(fields[1]), []).append(int(name))
-        rss[int(name)] = int(fields[21]) * resource.getpagesize()
+    """Resident memory of `pid` and all its descendants now, in MB. Walks down from `pid`
+    (/proc/<pid>/task/*/children) rather than over every process: the sampling must not take
+    a core from the report it measures."""
     total, todo = 0, [pid]
+    page = resource.getpagesize()
     while todo:
         p = todo.pop()
-        total += rss.get(p, 0)
-        todo += children.get(p, [])
+        try:
+            total += int(Path(f"/proc/{p}/statm").read_text().split()[1]) * page
+            for task in os.listdir(f"/proc/{p}/task"):
+                todo += [int(c) for c in
+                         Path(f"/proc/{p}/task/{task}/children").read_text().split()]
+        except (OSError, ValueError):
+            continue
     return total / 2**20
 
 
 def time_report(root: Path, extra: list[str], code: Path = ROOT) -> dict[str, float]:
     """`python -m hw2.report root` (of the checkout `code`) in a child: wall time, and peak
-    memory sampled every 50 ms over the child and its workers together."""
+    memory sampled every 100 ms over the child and its workers together."""
     load = os.getloadavg()[0]
     env = {**os.environ, "PYTHONPATH": str(code)}
     t0 = time.perf_counter()
@@ -321,7 +318,7 @@ def time_report(root: Path, extra: list[str], code: Path = ROOT) -> dict[str, fl
     peak = 0.0
     while proc.poll() is None:
         peak = max(peak, tree_rss_mb(proc.pid))
-        time.sleep(0.05)
+        time.sleep(0.1)
     wall = time.perf_counter() - t0
     out = proc.stdout.read() if proc.stdout else ""
     if proc.returncode != 0:

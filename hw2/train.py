@@ -22,12 +22,11 @@ from hw2.runs.checkpoints import (
     check_resume_data,
     check_task,
     load_for_data,
-    monitored_best,
     read_checkpoint,
     resume_hparams,
     task_of,
 )
-from hw2.runs.layout import last_checkpoint
+from hw2.runs.layout import last_checkpoint, monitored_best
 from hw2.runs.lock import run_dir_lock
 from hw2.runs.provenance import provenance
 from hw2.runs.record import RunRecord, job_overrides, read_record, recorded_run

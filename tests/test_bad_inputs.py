@@ -42,7 +42,7 @@ def save_ckpt(model: pl.LightningModule, path: Path) -> Path:
 
 
 def charlm_ckpt(path: Path, text: str = TEXT) -> Path:
-    net = {"_target_": "hw2.models.charlm.CharRNN", "hidden_size": 8, "embedding_dim": 4,
+    net = {"_target_": "hw2.models.char_rnn.CharRNN", "hidden_size": 8, "embedding_dim": 4,
            "num_layers": 1}
     return save_ckpt(CharLM(vocab=Vocab.from_text(text).state_dict(), net=net), path)
 

@@ -21,7 +21,8 @@ from hw2.config import compose_config
 from hw2.data.char_data import StreamWindows, make_streams
 from hw2.data.vocab import Vocab
 from hw2.inference import generate
-from hw2.models.charlm import CharLM, CharRNN, drop_connect, locked_dropout
+from hw2.models.char_rnn import CharRNN, drop_connect, locked_dropout
+from hw2.models.charlm import CharLM
 from hw2.runs.checkpoints import load_module
 from hw2.runs.record import read_record
 from hw2.train import run

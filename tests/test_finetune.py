@@ -14,7 +14,8 @@ from omegaconf import DictConfig
 
 from hw2.data.vocab import Vocab
 from hw2.inference import evaluate, generate_samples
-from hw2.models.charlm import CharLM, nucleus
+from hw2.models.char_rnn import nucleus
+from hw2.models.charlm import CharLM
 from hw2.runs.checkpoints import load_module
 from hw2.train import run
 

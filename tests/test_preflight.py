@@ -32,7 +32,7 @@ def test_a_misspelt_key_stops_the_sweep_before_any_job(tmp_path: Path, small_tex
     assert out.returncode == 2, out.stdout + out.stderr
     err = out.stderr
     assert "preflight: 6 job(s)" in err and "no job was started" in err
-    assert "all 6 jobs: model.net.hiden is not an argument of hw2.models.charlm.CharRNN " \
+    assert "all 6 jobs: model.net.hiden is not an argument of hw2.models.char_rnn.CharRNN " \
            "(did you mean hidden_size?)" in err
     # the bad value concerns 3 of the 6 jobs, each named by the keys that tell it apart
     assert ("job 1 (model.net.cell=rnn model.optimizer.lr=0.1x), job 3 (model.net.cell=lstm "

@@ -261,3 +261,47 @@ def test_many_groups_draw_the_best_and_say_what_is_left_out(
     drawn = [g.label for g in best_groups(
         group_runs(load_runs(tmp_path), ["model.net.hidden_size"]), "test", "min", 10)]
     assert drawn == [f"model.net.hidden_size={h}" for h in sizes[4:]]
+
+
+def test_report_samples_are_what_generate_prints(tmp_path: Path, small_text: Path) -> None:
+    """The report's worker rebuilds a run's best network with torch alone and samples it: the
+    same text as `generate.py ckpt=<best> prime=ROMEO temperature=0.8 seed=0`, and a run
+    without a checkpoint is said to have none."""
+    from hw2.config import compose_config
+    from hw2.inference import generate
+    from hw2.report.samples import LENGTH, PRIME, TEMPERATURE, SampleWorker
+    from hw2.train import run
+
+    run_dir = tmp_path / "run"
+    run(compose_config([*TINY_CHARLM, f"data.corpus.path={small_text}", "sample_at_end=null",
+                        f"paths.cache_dir={tmp_path / 'cache'}"], run_dir))
+    (tmp_path / "empty").mkdir()
+    worker = SampleWorker()
+    try:
+        worker.submit([run_dir, tmp_path / "empty"])
+        (ckpt, text), (none, missing) = worker.results()
+    finally:
+        worker.close()
+    assert ckpt is not None and ckpt.parent == run_dir / "checkpoints" and ckpt.name != "last.ckpt"
+    assert text == generate(ckpt, prime=PRIME, length=LENGTH, temperature=TEMPERATURE, seed=0)
+    assert text.startswith(PRIME) and len(text) == len(PRIME) + LENGTH
+    assert (none, missing) == (None, "(no checkpoint)")
+
+
+def test_choices_read_from_their_block_equal_the_whole_hydra_yaml(tmp_path: Path) -> None:
+    """The report reads `hydra.runtime.choices` from its block of hydra.yaml alone: the same
+    choices as parsing the whole file Hydra writes (OmegaConf.save of the hydra node)."""
+    import yaml
+
+    from hw2.config import compose_config
+    from hw2.report.runs import _choices_text
+
+    cfg = compose_config(["task=cnn", "model.l2=0.01"], tmp_path / "run")
+    OmegaConf.save(OmegaConf.create({"hydra": OmegaConf.to_container(cfg.hydra)}),
+                   tmp_path / "hydra.yaml")
+    text = (tmp_path / "hydra.yaml").read_text()
+    whole = yaml.safe_load(text)["hydra"]["runtime"]["choices"]
+    block = _choices_text(text)
+    assert block is not None and yaml.safe_load(block) == whole
+    assert whole["task"] == "cnn" and len(whole) > 5
+    assert _choices_text("hydra:\n  runtime: {}\n") is None  # another layout: parsed whole

@@ -16,7 +16,8 @@ from torchmetrics.classification import (
 )
 
 from hw2.data.image_data import MEAN, STD  # the data's normalisation, saved for inference
-from hw2.models.base import NetSpec, TaskModule, WeightedMean, build_net, net_config
+from hw2.models.base import TaskModule, WeightedMean
+from hw2.models.nets import NetSpec, build_net, net_config
 
 log = logging.getLogger(__name__)
 

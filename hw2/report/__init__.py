@@ -23,7 +23,7 @@ from hw2.report import figures
 from hw2.report.groups import Group, compare, group_runs, primary_metric
 from hw2.report.render import Block, Heading, Image, Para, Pre, Table, to_html, to_markdown
 from hw2.report.runs import Run, differing_keys, find_run_dirs, load_runs
-from hw2.runs.layout import last_checkpoint
+from hw2.report.samples import PRIME, TEMPERATURE, SampleWorker
 from hw2.runs.record import read_record, status_of
 from hw2.utils.fileio import atomic_write_text
 
@@ -157,7 +157,7 @@ def best_groups(groups: list[Group], metric: str, mode: str, k: int) -> list[Gro
 
 
 def section(task: str, runs: list[Run], fig_dir: Path, group_by: Sequence[str] | None,
-            samples: bool) -> tuple[list[Block], list[dict[str, Any]]]:
+            sampler: SampleWorker | None) -> tuple[list[Block], list[dict[str, Any]]]:
     """The task's blocks and its rows for `runs.csv`."""
     blocks: list[Block] = [Heading(f"{task}: {len(runs)} run(s)")]
     keys = differing_keys(runs)
@@ -182,6 +182,9 @@ def section(task: str, runs: list[Run], fig_dir: Path, group_by: Sequence[str] |
     figs: list[Image] = []
     notes: list[Para] = []
     drawn = best_groups(groups, primary, mode, MAX_DRAWN_GROUPS)
+    best_runs = [g.best_run() for g in drawn]
+    if task == "charlm" and sampler is not None:  # drawn in the worker while figures are made
+        sampler.submit([run.path for run in best_runs if run is not None])
     if len(drawn) < len(groups):  # more lines than colours: noise, not a figure
         notes.append(Para(
             f"Figures show the best {len(drawn)} of {len(groups)} groups by "
@@ -212,44 +215,25 @@ def section(task: str, runs: list[Run], fig_dir: Path, group_by: Sequence[str] |
         path = fig_dir / f"{task}_misclassified_{best.name}.png"
         path.write_bytes(best.images["test/misclassified"])
         blocks.append(Image(path, f"misclassified test photos of the best run ({best.path})"))
-    if task == "charlm" and samples:
-        blocks += charlm_samples(drawn, len(groups))
+    if task == "charlm" and sampler is not None:
+        answers = iter(sampler.results())
+        samples = [next(answers) if run is not None else (None, "(no checkpoint)")
+                   for run in best_runs]
+        blocks += charlm_samples(drawn, samples, len(groups))
     return blocks, export_rows(task, runs, groups)
 
 
-def sample_checkpoint(run: Run) -> Path | None:
-    """The run's best checkpoint, else its last.ckpt (a run without validation), else None."""
-    from hw2.runs.checkpoints import best_checkpoint  # torch: only when samples are drawn
-
-    best = best_checkpoint(run.path)
-    if best is not None:
-        return best
-    last = last_checkpoint(run.path)
-    return last if last.is_file() else None
-
-
-def charlm_samples(groups: list[Group], n_groups: int | None = None, prime: str = "ROMEO",
-                   length: int = 300) -> list[Block]:
-    """A sample from each group's best checkpoint (seeded: comparable between groups); of
+def charlm_samples(groups: list[Group], samples: list[tuple[Path | None, str]],
+                   n_groups: int | None = None) -> list[Block]:
+    """Each group's sample from its best checkpoint (seeded: comparable between groups); of
     `n_groups` in all, the others left out and said so."""
-    from hw2.inference import generate
-
-    blocks: list[Block] = [Heading(f"Samples primed with {prime!r} (best checkpoint of each "
-                                   "group, temperature 0.8, seed 0)", 3)]
+    blocks: list[Block] = [Heading(f"Samples primed with {PRIME!r} (best checkpoint of each "
+                                   f"group, temperature {TEMPERATURE}, seed 0)", 3)]
     if n_groups is not None and n_groups > len(groups):
         blocks.append(Para(f"Samples of the best {len(groups)} of {n_groups} groups; "
                            f"{n_groups - len(groups)} more groups not sampled."))
-    for g in groups:
-        run = g.best_run()
-        ckpt = sample_checkpoint(run) if run else None
-        if ckpt is None:
-            blocks.append(Pre(g.label, "(no checkpoint)"))
-            continue
-        try:
-            text = generate(ckpt, prime=prime, length=length, temperature=0.8, seed=0)
-        except Exception as e:  # a sample is illustration: report why it is missing, go on
-            text = f"(no sample: {type(e).__name__}: {e})"
-        blocks.append(Pre(f"{g.label} — {ckpt}", text))
+    for g, (ckpt, text) in zip(groups, samples, strict=True):
+        blocks.append(Pre(g.label if ckpt is None else f"{g.label} — {ckpt}", text))
     return blocks
 
 
@@ -298,7 +282,20 @@ def build_report(root: str | Path, group_by: Sequence[str] | None = None,
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a directory: give a run, sweep or log directory "
                                 "(e.g. logs/charlm/multiruns/<time>)")
+    # started first: it imports torch on the other core while the runs are read
+    sampler = SampleWorker() if samples else None
+    try:
+        return _build(root, group_by, sampler)
+    finally:
+        if sampler is not None:
+            sampler.close()
+
+
+def _build(root: Path, group_by: Sequence[str] | None, sampler: SampleWorker | None) -> Path:
     runs = load_runs(root)
+    if sampler is not None and not any(r.task == "charlm" for r in runs):
+        sampler.kill()  # nothing to sample: do not wait for its imports
+        sampler = None
     fig_dir = root / FIG_DIR
     fig_dir.mkdir(exist_ok=True)
     blocks: list[Block] = [Heading(f"Report: {root}", 1),
@@ -311,7 +308,7 @@ def build_report(root: str | Path, group_by: Sequence[str] | None = None,
         tasks.setdefault(run.task, []).append(run)
     rows: list[dict[str, Any]] = []
     for task, task_runs in tasks.items():
-        task_blocks, task_rows = section(task, task_runs, fig_dir, group_by, samples)
+        task_blocks, task_rows = section(task, task_runs, fig_dir, group_by, sampler)
         blocks += task_blocks
         rows += task_rows
     blocks += search_section(root, fig_dir)

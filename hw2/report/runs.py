@@ -6,12 +6,12 @@ from __future__ import annotations
 import math
 import struct
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from hw2.runs.layout import CHECKPOINT_DIR
 from hw2.runs.provenance import code_identities, commit_label
@@ -50,7 +50,7 @@ class Run:
 
     path: Path
     task: str
-    config: DictConfig
+    config: Mapping[str, Any]  # the composed config as plain data (.hydra/config.yaml)
     choices: dict[str, str]
     overrides: list[str]
     record: dict[str, Any] | None
@@ -189,11 +189,8 @@ class Run:
             k, sep, v = ov.lstrip("+~").partition("=")
             if sep and k == key:
                 return v
-        try:
-            found = OmegaConf.select(self.config, key, default=None, throw_on_missing=False)
-        except Exception:  # unresolvable interpolation (${hydra:...}) outside Hydra
-            found = None
-        return "-" if found is None or isinstance(found, DictConfig) else str(found)
+        found = select(self.config, key)
+        return "-" if found is None or isinstance(found, Mapping) else str(found)
 
 
 def find_run_dirs(root: Path) -> list[Path]:
@@ -222,20 +219,63 @@ def _yaml(path: Path) -> Any:
         return yaml.load(f, Loader=loader)  # noqa: S506 - a safe loader
 
 
+def _choices_text(text: str) -> str | None:
+    """The `hydra.runtime.choices` block of a hydra.yaml as Hydra writes it (two-space indents),
+    dedented; None when the file is laid out otherwise. The block is a few lines of a file of
+    hundreds: parsing it alone halves the cost of reading a run's .hydra/."""
+    start = text.find("\n  runtime:\n")
+    start = -1 if start < 0 else text.find("\n    choices:\n", start)
+    if start < 0:
+        return None
+    lines = []
+    for line in text[start + len("\n    choices:\n"):].splitlines():
+        if not line.startswith("      "):
+            break
+        lines.append(line[6:])
+    return "\n".join(lines) + "\n"
+
+
 def _choices(run_dir: Path) -> dict[str, str]:
     path = run_dir / ".hydra" / "hydra.yaml"
     if not path.is_file():
         return {}
-    node = ((_yaml(path) or {}).get("hydra") or {}).get("runtime", {}).get("choices")
+    import yaml
+
+    text = path.read_text(encoding="utf-8")
+    block = _choices_text(text)
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    if block is not None:
+        node = yaml.load(block, Loader=loader) or {}  # noqa: S506 - a safe loader
+    else:
+        node = ((yaml.load(text, Loader=loader) or {}).get("hydra")  # noqa: S506
+                or {}).get("runtime", {}).get("choices")
     if not isinstance(node, dict):
         return {}
     return {str(k): str(v) for k, v in node.items() if not str(k).startswith("hydra")}
 
 
-def _task(config: DictConfig, choices: dict[str, str]) -> str:
+def select(config: Mapping[str, Any], key: str) -> Any:
+    """The value at a dotted `key` of a composed config as plain data; None where absent. An
+    interpolation (`${...}`) is resolved by OmegaConf, made for that key alone: building an
+    OmegaConf tree of every run's config would be most of a large report's time."""
+    node: Any = config
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    if isinstance(node, str) and "${" in node:
+        try:
+            return OmegaConf.select(OmegaConf.create(dict(config)), key, default=None,
+                                    throw_on_missing=False)
+        except Exception:  # unresolvable interpolation (${hydra:...}) outside Hydra
+            return None
+    return node
+
+
+def _task(config: Mapping[str, Any], choices: dict[str, str]) -> str:
     if "task" in choices:
         return choices["task"]
-    target = str(OmegaConf.select(config, "model._target_", default="") or "")
+    target = str(select(config, "model._target_") or "")
     return "charlm" if "charlm" in target.lower() else "cnn" if target else "unknown"
 
 
@@ -305,15 +345,14 @@ def read_events(tb_dir: Path) -> Events:
 
 def load_run(run_dir: Path) -> Run:
     run_dir = Path(run_dir)
-    config = OmegaConf.create(_yaml(run_dir / ".hydra" / "config.yaml") or {})
-    assert isinstance(config, DictConfig)
+    config = _yaml(run_dir / ".hydra" / "config.yaml") or {}
     ov_path = run_dir / ".hydra" / "overrides.yaml"
     overrides = [str(o) for o in _yaml(ov_path) or []] if ov_path.is_file() else []
     choices = _choices(run_dir)
     task = _task(config, choices)
     record = read_record(run_dir)
-    monitor = OmegaConf.select(config, "callbacks.model_checkpoint.monitor", default=None)
-    mode = OmegaConf.select(config, "callbacks.model_checkpoint.mode", default=None)
+    monitor = select(config, "callbacks.model_checkpoint.monitor")
+    mode = select(config, "callbacks.model_checkpoint.mode")
     if not isinstance(monitor, str) or monitor == "???":
         monitor, mode = ("val/bpc", "min") if task == "charlm" else ("val/acc", "max")
     return Run(run_dir, task, config, choices, overrides, record,

@@ -13,8 +13,7 @@ from omegaconf import DictConfig
 from pytorch_lightning.loggers import CSVLogger
 
 from hw2.runs.atomic_io import remove_stale_temps
-from hw2.runs.checkpoints import best_checkpoint
-from hw2.runs.layout import checkpoint_dir, last_checkpoint
+from hw2.runs.layout import best_checkpoint, checkpoint_dir, last_checkpoint
 from hw2.utils import compat
 from hw2.utils.compat import batches_that_stepped
 
