@@ -197,3 +197,39 @@ def test_a_run_killed_during_its_test_resumes_with_the_metrics_of_its_fit(
     record = read_record(run_dir)
     assert record["attempts"] == 2 and record["resumed_from"], record
     assert record["metrics"] == reference
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["grid", "optuna"])
+def test_a_trial_running_in_another_worker_does_not_fail_a_shared_sweep(
+        tmp_path: Path, shared: bool, capsys: pytest.CaptureFixture[str]) -> None:
+    """At a worker's end, a job another live process is running: for a grid sweep it is a job
+    this sweep did not finish (exit 1); in an Optuna study's shared directory it is another
+    worker's trial in progress, named, and the worker exits 0."""
+    import json
+
+    from omegaconf import OmegaConf, open_dict
+
+    from hw2.sweeps.hydra_callbacks import SweepReport
+
+    job = tmp_path / "5"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "config.yaml").write_text("seed: 1\n")
+    (job / "run.json").write_text(json.dumps({"status": "running", "pid": os.getpid(),
+                                              "host": socket.gethostname(), "attempts": 1}))
+    sweeper = ("hydra_plugins.hw2_optuna_sweeper.optuna_sweeper.OptunaSweeper" if shared
+               else "hydra._internal.core_plugins.basic_sweeper.BasicSweeper")
+    config = compose_config([f"hydra.sweep.dir={tmp_path}"], tmp_path / "unused")
+    OmegaConf.set_readonly(config.hydra, False)
+    with open_dict(config):
+        config.hydra.sweeper = OmegaConf.create({"_target_": sweeper})
+    callback = SweepReport(enabled=False)
+    if shared:
+        callback.on_multirun_end(config)
+        out = capsys.readouterr().out
+        assert "1 trial(s) still running in other workers of the study: 5" in out
+    else:
+        with pytest.raises(SystemExit) as stop:
+            callback.on_multirun_end(config)
+        assert stop.value.code == 1
+        out = capsys.readouterr().out
+        assert "1 job(s) did not finish:" in out and "not this sweep" in out

@@ -150,12 +150,19 @@ class SweepReport(Callback):
                 lines.append(f"report failed ({type(e).__name__}: {e}); retry: "
                              f"python -m hw2.report {sweep_dir}")
         bad = unfinished_jobs(sweep_dir)
+        others = []
+        if sweep_dir_is_shared(config):  # a study's other workers are running these trials
+            others = [d for d, status, _ in bad if status == "running"]
+            bad = [job for job in bad if job[1] != "running"]
         try:
             parent = tracking.finish_sweep_parent(sweep_dir, all_finished=not bad)
             if parent:
                 lines.append(f"mlflow: the sweep is parent run {parent}")
         except Exception as e:  # the report is on disk either way
             log.warning("could not finish the sweep's MLflow run: %s", e)
+        if others:
+            lines.append(f"{len(others)} trial(s) still running in other workers of the study: "
+                         + ", ".join(d.name for d in others))
         if bad:
             lines.append(f"{len(bad)} job(s) did not finish:")
             lines += [f"  {d}: {status}{': ' + err if err else ''}" for d, status, err in bad]
