@@ -263,6 +263,7 @@ def test_many_groups_draw_the_best_and_say_what_is_left_out(
     assert drawn == [f"model.net.hidden_size={h}" for h in sizes[4:]]
 
 
+@pytest.mark.slow
 def test_report_samples_are_what_generate_prints(tmp_path: Path, small_text: Path) -> None:
     """The report's worker rebuilds a run's best network with torch alone and samples it: the
     same text as `generate.py ckpt=<best> prime=ROMEO temperature=0.8 seed=0`, and a run
