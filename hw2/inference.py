@@ -43,7 +43,7 @@ def generate_samples(ckpt: str | Path, prime: str = "ROMEO", length: int = 500,
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     model = load_module(ckpt, CharLM, map_location=device)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    return [model.sample(prime, length, temperature, top_k, generator, top_p=top_p)
+    return [model.sample(prime, length, temperature, top_k=top_k, generator=generator, top_p=top_p)
             for _ in range(num_samples)]
 
 

@@ -149,15 +149,7 @@ class CharLM(TaskModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.state["train"] = checkpoint.get("charlm_train_hidden")
 
-    def sample(
-        self,
-        prime: str,
-        length: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        generator: torch.Generator | None = None,
-        top_p: float | None = None,
-    ) -> str:
-        """`sample_text` by this model's network and vocabulary."""
-        return sample_text(self.net, self.vocab, prime, length, temperature, top_k, generator,
-                           top_p)
+    def sample(self, prime: str, length: int, temperature: float = 1.0, **options: Any) -> str:
+        """`sample_text` by this model's network and vocabulary (options: top_k, generator,
+        top_p)."""
+        return sample_text(self.net, self.vocab, prime, length, temperature, **options)
