@@ -1,12 +1,14 @@
 """Wall time of a small real Optuna search with and without a pruner, to the same best value.
 
     python bench/optuna_pruning.py [--n-trials 16] [--pruner median] [-- more overrides]
+    python bench/optuna_pruning.py --n-trials 24 --hidden 128,256 --train-batches 300 --val-every 50
 
 Two CharLM searches on tiny Shakespeare (`$HW2_DATA_DIR/tinyshakespeare.txt`), the same TPE
-seed and search space, run at the same time (same machine load for both): one without a
-pruner, one with `hydra/sweeper/pruner=<--pruner>`. Prints, side by side: the wall time, trials
-completed / pruned, training steps run, the best value, and the seconds from the search's start
-until its best-so-far first reached the worse of the two final bests (the value both reach).
+seed and search space, run at the same time with one thread each (same machine load for both):
+one without a pruner, one with `hydra/sweeper/pruner=<--pruner>`. Prints, side by side: the
+wall time, trials completed / pruned, training steps run, the best value, and the seconds from
+the search's start until its best-so-far first reached the worse of the two final bests (the
+value both reach).
 """
 
 from __future__ import annotations
@@ -29,12 +31,11 @@ from hw2.runs.record import read_record  # noqa: E402
 
 SEARCH = ["hparams_search=charlm_optuna", "data=text_file", "model.net.num_layers=1",
           "model.net.embedding_dim=16", "data.batch_size=32", "trainer.max_epochs=1",
-          "++trainer.limit_train_batches=80", "++trainer.limit_val_batches=5",
-          "trainer.val_check_interval=16", "trainer.num_sanity_val_steps=0",
+          "++trainer.limit_val_batches=5", "trainer.num_sanity_val_steps=0",
           "callbacks.progress_bar.refresh_rate=0", "trainer.enable_model_summary=false",
           "callbacks.param_histograms=null", "callbacks.text_sample=null",
-          "model.optimizer.lr=tag(log,interval(1e-4,3e-2))", "model.net.hidden_size=choice(32,64)",
-          "data.seq_len=choice(32,64)", "model.net.dropout=interval(0,0.3)",
+          "model.optimizer.lr=tag(log,interval(1e-4,3e-2))", "data.seq_len=choice(32,64)",
+          "model.net.dropout=interval(0,0.3)",
           "hydra.sweeper.sampler.n_startup_trials=4",
           "hydra.callbacks.sweep_report.samples=false"]
 
@@ -43,9 +44,12 @@ def arm(out: Path, name: str, extra: list[str], args: argparse.Namespace) -> sub
     cmd = [sys.executable, "train.py", "-m", *SEARCH,
            f"data.corpus.path={args.text}", f"paths.root_dir={out / name}",
            f"hydra.sweep.dir={out / name / 'search'}", f"hydra.sweeper.n_trials={args.n_trials}",
-           *extra, *args.extra]
+           f"model.net.hidden_size=choice({args.hidden})",
+           f"++trainer.limit_train_batches={args.train_batches}",
+           f"trainer.val_check_interval={args.val_every}", *extra, *args.extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one core per arm: neither slows the other
     return subprocess.Popen(cmd, cwd=ROOT, stdout=(out / f"{name}.log").open("w"),
-                            stderr=subprocess.STDOUT)
+                            stderr=subprocess.STDOUT, env=env)
 
 
 def study_of(out: Path, name: str) -> optuna.Study:
@@ -66,6 +70,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n-trials", type=int, default=16)
     ap.add_argument("--pruner", default="median")
+    ap.add_argument("--hidden", default="32,64", help="hidden sizes searched")
+    ap.add_argument("--train-batches", type=int, default=80, help="training steps per trial")
+    ap.add_argument("--val-every", type=int, default=16, help="steps between validations")
     ap.add_argument("--text", type=Path, default=Path(os.environ.get(
         "HW2_DATA_DIR", "/work/shared/data")) / "tinyshakespeare.txt")
     ap.add_argument("--out", type=Path, default=None)

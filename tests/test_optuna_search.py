@@ -18,7 +18,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from hw2.runs.record import read_record
-from hw2.utils.optuna_study import fail_stale, open_storage, retry_of
+from hw2.utils.optuna_study import fail_stale, open_storage, retry_of, study_pruner
 from hydra_plugins.hw2_optuna_sweeper.optuna_sweeper import OptunaSweeper, search_space
 from tests.helpers.sweeps import TINY_CHARLM, sweep
 
@@ -121,6 +121,48 @@ def test_stopped_search_continues_the_same_study(tmp_path: Path, small_text: Pat
     assert [t["number"] for t in summary["trials"]] == [0, 1, 2]
     md = (sweep_dir / "report.md").read_text()
     assert "## Search: study 'search'" in md and "Best trial: #" in md
+
+
+@pytest.mark.parametrize("cfg, pruned", [
+    (None, False),
+    ({"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 5}, True),
+], ids=["null", "median"])
+def test_a_null_pruner_prunes_nothing(cfg: dict | None, pruned: bool) -> None:
+    """Five trials at 1.0, then one at 100.0: only a configured pruner stops it (Optuna's
+    default for `pruner=None` is a MedianPruner, which would)."""
+    study = optuna.create_study(pruner=study_pruner(cfg))
+    for _ in range(5):
+        trial = study.ask()
+        trial.report(1.0, 0)
+        study.tell(trial, 1.0)
+    trial = study.ask()
+    trial.report(100.0, 0)
+    assert bool(trial.should_prune()) is pruned
+
+
+@pytest.mark.slow
+def test_a_search_without_a_pruner_prunes_nothing(tmp_path: Path, small_text: Path) -> None:
+    """`hydra.sweeper.pruner: null` (the default) runs every trial to its end: six good learning
+    rates, then a hopeless one (lr 1e-6), which Optuna's own default (a MedianPruner after 5
+    trials) would stop at its first validation."""
+    sweep_dir = tmp_path / "search"
+    sweep_dir.mkdir()
+    study = optuna.create_study(study_name="search", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+    for lr in (0.05,) * 6 + (1e-6,):
+        study.enqueue_trial({"model.optimizer.lr": lr, "model.net.hidden_size": 8,
+                             "data.seq_len": 8, "model.net.dropout": 0.0})
+    out = sweep(["hparams_search=charlm_optuna", *TINY_CHARLM, f"data.corpus.path={small_text}",
+                 "trainer.limit_train_batches=8", "trainer.val_check_interval=4",
+                 f"paths.root_dir={tmp_path}", f"hydra.sweep.dir={sweep_dir}",
+                 "model.net.hidden_size=choice(8,12)", "data.seq_len=choice(8,16)",
+                 "hydra.sweeper.n_trials=7", "test=false",
+                 "hydra.callbacks.sweep_report.samples=false"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    study = optuna.load_study(study_name="search", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 7
+    hopeless = study.trials[6]
+    assert list(hopeless.intermediate_values) == [0, 1]  # reported, not stopped
+    assert read_record(sweep_dir / "6")["metrics"]["trainer/global_step"] == 8
 
 
 @pytest.mark.slow

@@ -5,11 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from omegaconf import OmegaConf
 
-from hw2.sweeps.preflight import check_node, job_overrides
+from hw2.sweeps.preflight import check_node, job_overrides, rate_key
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["data=text_file", "model.net.hidden_size=8", "model.net.embedding_dim=4",
@@ -78,6 +79,22 @@ def test_check_node_binds_keys_and_types() -> None:
     assert len(check_node("data", bad)) == 2
 
 
+def test_jobs_share_a_step_timing_only_when_network_data_and_precision_agree() -> None:
+    base = {"model": {"net": {"cell": "lstm", "hidden_size": 8}, "optimizer": {"lr": 1e-3},
+                      "l2": 0.0},
+            "data": {"seq_len": 8}, "trainer": {"precision": "32-true", "accelerator": "cpu"}}
+
+    def key(**changes: Any) -> str:
+        cfg = OmegaConf.create(base)
+        for dotted, value in changes.items():
+            OmegaConf.update(cfg, dotted.replace("__", "."), value)
+        return rate_key(cfg)
+
+    assert key(model__optimizer__lr=0.1) == key() == key(model__l2=1e-3)
+    assert len({key(), key(model__net__cell="gru"), key(data__seq_len=16),
+                key(trainer__precision="bf16-mixed")}) == 4
+
+
 @pytest.mark.slow
 def test_a_good_sweep_prints_its_jobs_and_estimate_then_runs(tmp_path: Path, small_text: Path
                                                               ) -> None:
@@ -86,8 +103,8 @@ def test_a_good_sweep_prints_its_jobs_and_estimate_then_runs(tmp_path: Path, sma
     assert out.returncode == 0, out.stderr[-2000:]
     table = out.stdout[out.stdout.index("preflight: 2 job(s)"):]
     rows = table.splitlines()
-    assert rows[1].split() == ["job", "model.net.cell", "steps", "est.", "time"]
+    assert rows[1].split() == ["job", "model.net.cell", "steps", "s/step", "est.", "time"]
     assert rows[2].split()[:3] == ["0", "rnn", "4"] and rows[3].split()[:3] == ["1", "gru", "4"]
-    assert "s/step, timed on job 0" in table
+    assert "timed here for each of 2 distinct network/data config(s)" in table
     assert (tmp_path / "sweep" / "0" / "run.json").is_file()
     assert (tmp_path / "sweep" / "1" / "run.json").is_file()

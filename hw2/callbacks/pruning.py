@@ -44,16 +44,21 @@ class OptunaPruning(pl.Callback):
                              "metric to report to the Optuna trial (e.g. val/bpc)")
         import optuna
         from hydra.core.hydra_config import HydraConfig
-        from hydra.utils import instantiate
 
-        from hw2.utils.optuna_study import DEFAULT_STUDY, open_storage, storage_url, trial_id
+        from hw2.utils.optuna_study import (
+            DEFAULT_STUDY,
+            open_storage,
+            storage_url,
+            study_pruner,
+            trial_id,
+        )
 
         hydra = HydraConfig.get()
         sweeper = hydra.sweeper
         storage = open_storage(storage_url(sweeper.get("storage"), hydra.sweep.dir))
-        pruner = instantiate(sweeper.pruner) if sweeper.get("pruner") else None
         name = sweeper.get("study_name") or DEFAULT_STUDY
-        self._study = optuna.load_study(study_name=name, storage=storage, pruner=pruner)
+        self._study = optuna.load_study(study_name=name, storage=storage,
+                                        pruner=study_pruner(sweeper.get("pruner")))
         self._trial = optuna.trial.Trial(self._study, trial_id(storage, name, self.number))
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

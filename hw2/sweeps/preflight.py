@@ -222,6 +222,17 @@ def seconds_per_step(cfg: DictConfig, steps: int, cache: dict[str, Any]) -> floa
     return sum(gaps) / len(gaps) if gaps else float("nan")
 
 
+def rate_key(cfg: DictConfig) -> str:
+    """What a job's step time depends on: its network, data and precision (not the optimiser's
+    or the loss's settings), so jobs that differ only in those share one timing."""
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    net = model.get("net", model) if isinstance(model, dict) else model
+    parts = {"net": net, "data": OmegaConf.to_container(cfg.data, resolve=True),
+             "precision": cfg.trainer.get("precision"),
+             "accelerator": cfg.trainer.get("accelerator")}
+    return OmegaConf.to_yaml(OmegaConf.create(parts))
+
+
 def differing(jobs: Sequence[Sequence[str]]) -> list[str]:
     """The override keys whose value differs between jobs."""
     values: dict[str, set[str]] = {}
@@ -246,8 +257,8 @@ class Preflight(Callback):
     """Hydra callback: `on_multirun_start`, check every job of a grid sweep (the base config of
     other sweepers), print the table, and exit 2 listing every error before any job runs."""
 
-    def __init__(self, enabled: bool = True, timed_steps: int = 3) -> None:
-        self.enabled, self.timed_steps = enabled, timed_steps
+    def __init__(self, enabled: bool = True, timed_steps: int = 3, max_timed: int = 8) -> None:
+        self.enabled, self.timed_steps, self.max_timed = enabled, timed_steps, max_timed
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not self.enabled or not config.get("preflight", True):
@@ -289,25 +300,33 @@ class Preflight(Callback):
             print("\n".join(lines), file=sys.stderr, flush=True)
             sys.exit(2)
         cache: dict[str, Any] = {}
-        per_step, note = float("nan"), ""
-        if self.timed_steps > 0 and configs:
-            try:
-                per_step = seconds_per_step(configs[0], self.timed_steps, cache)
-                note = f"{per_step:.3f} s/step, timed on job 0 ({self.timed_steps} steps)"
-            except Exception as e:  # noqa: BLE001 - a timing failure is not a config error
-                note = f"no estimate ({type(e).__name__}: {e})"
-        header = ["job", *keys, "steps", "est. time"]
+        rates: dict[str, float] = {}  # rate_key -> s/step, timed once per distinct network
+        failures: list[str] = []
+        header = ["job", *keys, "steps", "s/step", "est. time"]
         rows = []
         for i, (job, cfg) in enumerate(zip(jobs, configs, strict=True)):
             values = dict(item.partition("=")[::2] for item in job)
             steps = planned_steps(cfg, cache)
-            cost = fmt_seconds(steps * per_step) if per_step == per_step else "?"
-            rows.append([str(i), *(values.get(k, "") for k in keys), str(steps), cost])
+            key = rate_key(cfg)
+            if self.timed_steps > 0 and key not in rates and len(rates) < self.max_timed:
+                try:
+                    rates[key] = seconds_per_step(cfg, self.timed_steps, cache)
+                except Exception as e:  # noqa: BLE001 - a timing failure is not a config error
+                    rates[key] = float("nan")
+                    failures.append(f"job {i}: no estimate ({type(e).__name__}: {e})")
+            per_step = rates.get(key, float("nan"))
+            timed = per_step == per_step
+            rows.append([str(i), *(values.get(k, "") for k in keys), str(steps),
+                         f"{per_step:.3f}" if timed else "?",
+                         fmt_seconds(steps * per_step) if timed else "?"])
         widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
         lines += ["  " + "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
         lines += ["  " + "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True))
                   for r in rows]
-        if note:
-            lines.append(f"  ({note}; the others estimated at the same rate)")
+        if rates:
+            lines.append(f"  (s/step: {self.timed_steps} training steps timed here for each of "
+                         f"{len(rates)} distinct network/data config(s); est. time counts "
+                         "training steps only, not start-up, validation or test)")
+        lines += [f"  {f}" for f in failures]
         print("\n".join(lines), flush=True)
 

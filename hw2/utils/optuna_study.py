@@ -38,6 +38,16 @@ def quiet() -> Iterator[None]:
         yield
 
 
+def study_pruner(cfg: Any) -> optuna.pruners.BasePruner:
+    """The pruner of `hydra.sweeper.pruner` (a `_target_` config), or none at all when it is
+    null: `optuna.create_study(pruner=None)` would give Optuna's default, a MedianPruner."""
+    if not cfg:
+        return optuna.pruners.NopPruner()
+    from hydra.utils import instantiate
+
+    return instantiate(cfg)
+
+
 def storage_url(storage: str | None, sweep_dir: str | Path) -> str:
     """`hydra.sweeper.storage`, or the SQLite file of the sweep dir when it is null."""
     return storage or f"sqlite:///{(Path(sweep_dir) / DB_NAME).resolve()}"

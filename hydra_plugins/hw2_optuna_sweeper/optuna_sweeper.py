@@ -62,6 +62,7 @@ from hw2.utils.optuna_study import (
     retried_numbers,
     retry_of,
     storage_url,
+    study_pruner,
     trial_id,
 )
 
@@ -191,8 +192,8 @@ class OptunaSweeper(Sweeper):
         metric = self.config.get("optimized_metric")
         storage = open_storage(self.storage_url, self.heartbeat_interval, self.grace_period,
                                self.max_retry)
-        pruner = instantiate(self.pruner_cfg) if self.pruner_cfg is not None else None
-        study = optuna.create_study(study_name=name, storage=storage, pruner=pruner,
+        study = optuna.create_study(study_name=name, storage=storage,
+                                    pruner=study_pruner(self.pruner_cfg),
                                     direction=self.direction, load_if_exists=True)
         study.sampler = self._sampler(len(study.trials))
         log.info("study %r in %s: %d trial(s) so far, target %d finished", name,
