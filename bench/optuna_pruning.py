@@ -87,10 +87,12 @@ def main() -> None:
                                                          "hydra.sweeper.pruner.n_startup_trials=4"]
                                          if args.pruner == "median" else
                                          [f"hydra/sweeper/pruner={args.pruner}"], args)}
-    walls = {}
-    for name, p in arms.items():
-        p.wait()
-        walls[name] = time.monotonic() - t0
+    walls: dict[str, float] = {}
+    while len(walls) < len(arms):  # each arm's own wall time, whichever ends first
+        for name, p in arms.items():
+            if name not in walls and p.poll() is not None:
+                walls[name] = time.monotonic() - t0
+        time.sleep(0.5)
     print(f"load average at end: {os.getloadavg()}")
     studies = {name: study_of(out, d) for name, d in zip(arms, ("plain", "pruned"), strict=True)}
     best = {name: s.best_value for name, s in studies.items()}
