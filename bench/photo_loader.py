@@ -187,6 +187,10 @@ def measure_e2e(args: argparse.Namespace, size: int, cache: bool, device: str, s
 def child(args: argparse.Namespace) -> None:
     variant, size, device = args.child, args.size, args.device
     steps = args.steps if size == 128 else args.steps_512
+    if device == "cpu":
+        from hw2.utils.runtime import tune_malloc
+
+        tune_malloc()  # as `python train.py` does on a CPU: every variant gets the same heap
     if variant.startswith("e2e"):
         result = measure_e2e(args, size, "cache" in variant, device, steps,
                              ["data.num_workers=1"] if variant.endswith("w1") else [])

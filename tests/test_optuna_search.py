@@ -209,3 +209,40 @@ def test_pruned_trials_stop_early_and_are_a_normal_outcome(tmp_path: Path,
     assert "2 pruned" in md and md.count("| PRUNED |") == 2
     assert "did not finish" not in out.stdout
     assert (sweep_dir / "report_figures" / "search_objective.png").is_file()
+
+
+@pytest.mark.slow
+def test_a_pruned_trial_frees_its_device_for_the_next_trial(tmp_path: Path,
+                                                            small_text: Path) -> None:
+    """`launcher=local_gpus` with one (fake) device: each trial's job locks it and trains in a
+    child process. The hopeless trials are pruned at their first validation; their job ends
+    there, releases the device, and the next trial gets it and runs to its end."""
+    sweep_dir = tmp_path / "search"
+    sweep_dir.mkdir()
+    study = optuna.create_study(study_name="search", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+    for lr in (0.05, 0.05, 1e-6, 0.05, 1e-6, 0.05):
+        study.enqueue_trial({"model.optimizer.lr": lr, "model.net.hidden_size": 8,
+                             "data.seq_len": 8, "model.net.dropout": 0.0})
+    out = sweep(["hparams_search=charlm_optuna", *TINY_CHARLM, f"data.corpus.path={small_text}",
+                 "trainer.limit_train_batches=12", "trainer.val_check_interval=4",
+                 "launcher=local_gpus", "gpu_pool=[0]", f"gpu_lock_dir={tmp_path / 'locks'}",
+                 "hydra.launcher.n_jobs=1", "trainer.accelerator=cpu",
+                 f"paths.root_dir={tmp_path}", f"hydra.sweep.dir={sweep_dir}",
+                 "model.net.hidden_size=choice(8,12)", "data.seq_len=choice(8,16)",
+                 "hydra.sweeper.n_trials=6", "hydra/sweeper/pruner=median",
+                 "hydra.sweeper.pruner.n_startup_trials=2", "hydra.sweeper.pruner.n_warmup_steps=0",
+                 "test=false", "hydra.callbacks.sweep_report.samples=false"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    study = optuna.load_study(study_name="search", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+    assert [t.state for t in study.trials] == [
+        TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED, TrialState.COMPLETE,
+        TrialState.PRUNED, TrialState.COMPLETE]
+    recs = [read_record(sweep_dir / str(t.number)) for t in study.trials]
+    assert [r["gpu"] for r in recs] == ["0"] * 6  # every job held the one device
+    assert [r["status"] for r in recs] == ["finished", "finished", "pruned", "finished",
+                                           "pruned", "finished"]
+    for pruned in (2, 4):  # stopped early; the next trial started once its job had ended
+        assert recs[pruned]["metrics"]["trainer/global_step"] < 12
+        assert recs[pruned + 1]["started"] >= recs[pruned]["ended"]
+        assert recs[pruned + 1]["metrics"]["trainer/global_step"] == 12
+
