@@ -20,7 +20,11 @@ from optuna.trial import TrialState
 from hw2.runs.record import read_record
 from hw2.utils.optuna_study import fail_stale, open_storage, retry_of, study_pruner
 from hydra_plugins.hw2_optuna_sweeper.optuna_sweeper import OptunaSweeper, search_space
-from tests.helpers.sweeps import TINY_CHARLM, sweep
+from tests.helpers.sweeps import TINY_CHARLM, queued_search, sweep
+
+# a MedianPruner that judges from the third trial on, at every validation
+MEDIAN_AFTER_2 = ("hydra/sweeper/pruner=median", "hydra.sweeper.pruner.n_startup_trials=2",
+                  "hydra.sweeper.pruner.n_warmup_steps=0")
 
 
 def test_search_space_uses_the_optuna_sweeper_syntax() -> None:
@@ -145,20 +149,9 @@ def test_a_search_without_a_pruner_prunes_nothing(tmp_path: Path, small_text: Pa
     """`hydra.sweeper.pruner: null` (the default) runs every trial to its end: six good learning
     rates, then a hopeless one (lr 1e-6), which Optuna's own default (a MedianPruner after 5
     trials) would stop at its first validation."""
-    sweep_dir = tmp_path / "search"
-    sweep_dir.mkdir()
-    study = optuna.create_study(study_name="search", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
-    for lr in (0.05,) * 6 + (1e-6,):
-        study.enqueue_trial({"model.optimizer.lr": lr, "model.net.hidden_size": 8,
-                             "data.seq_len": 8, "model.net.dropout": 0.0})
-    out = sweep(["hparams_search=charlm_optuna", *TINY_CHARLM, f"data.corpus.path={small_text}",
-                 "trainer.limit_train_batches=8", "trainer.val_check_interval=4",
-                 f"paths.root_dir={tmp_path}", f"hydra.sweep.dir={sweep_dir}",
-                 "model.net.hidden_size=choice(8,12)", "data.seq_len=choice(8,16)",
-                 "hydra.sweeper.n_trials=7", "test=false",
-                 "hydra.callbacks.sweep_report.samples=false"])
+    out, study = queued_search(tmp_path, small_text, (0.05,) * 6 + (1e-6,), "test=false", steps=8)
     assert out.returncode == 0, out.stderr[-3000:]
-    study = optuna.load_study(study_name="search", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+    sweep_dir = tmp_path / "search"
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 7
     hopeless = study.trials[6]
     assert list(hopeless.intermediate_values) == [0, 1]  # reported, not stopped
@@ -173,21 +166,10 @@ def test_pruned_trials_stop_early_and_are_a_normal_outcome(tmp_path: Path,
     trial; the hopeless ones are pruned at their first validation: the job stops there (fewer
     steps, checkpoint kept, no test), run.json says `pruned`, the trial is PRUNED, the next trial
     runs, and the sweep ends with status 0 and a report that lists them as pruned."""
-    sweep_dir = tmp_path / "search"
-    sweep_dir.mkdir()
-    study = optuna.create_study(study_name="search", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
-    for lr in (0.05, 0.05, 1e-6, 0.05, 1e-6):
-        study.enqueue_trial({"model.optimizer.lr": lr, "model.net.hidden_size": 8,
-                             "data.seq_len": 8, "model.net.dropout": 0.0})
-    out = sweep(["hparams_search=charlm_optuna", *TINY_CHARLM, f"data.corpus.path={small_text}",
-                 "trainer.limit_train_batches=12", "trainer.val_check_interval=4",
-                 f"paths.root_dir={tmp_path}", f"hydra.sweep.dir={sweep_dir}",
-                 "model.net.hidden_size=choice(8,12)", "data.seq_len=choice(8,16)",
-                 "hydra.sweeper.n_trials=5", "hydra/sweeper/pruner=median",
-                 "hydra.sweeper.pruner.n_startup_trials=2", "hydra.sweeper.pruner.n_warmup_steps=0",
-                 "hydra.callbacks.sweep_report.samples=false"])
+    out, study = queued_search(tmp_path, small_text, (0.05, 0.05, 1e-6, 0.05, 1e-6),
+                               *MEDIAN_AFTER_2)
     assert out.returncode == 0, out.stderr[-3000:]
-    study = optuna.load_study(study_name="search", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+    sweep_dir = tmp_path / "search"
     states = [t.state for t in study.trials]
     assert states == [TrialState.COMPLETE] * 2 + [TrialState.PRUNED, TrialState.COMPLETE,
                                                   TrialState.PRUNED], states
@@ -217,23 +199,12 @@ def test_a_pruned_trial_frees_its_device_for_the_next_trial(tmp_path: Path,
     """`launcher=local_gpus` with one (fake) device: each trial's job locks it and trains in a
     child process. The hopeless trials are pruned at their first validation; their job ends
     there, releases the device, and the next trial gets it and runs to its end."""
-    sweep_dir = tmp_path / "search"
-    sweep_dir.mkdir()
-    study = optuna.create_study(study_name="search", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
-    for lr in (0.05, 0.05, 1e-6, 0.05, 1e-6, 0.05):
-        study.enqueue_trial({"model.optimizer.lr": lr, "model.net.hidden_size": 8,
-                             "data.seq_len": 8, "model.net.dropout": 0.0})
-    out = sweep(["hparams_search=charlm_optuna", *TINY_CHARLM, f"data.corpus.path={small_text}",
-                 "trainer.limit_train_batches=12", "trainer.val_check_interval=4",
-                 "launcher=local_gpus", "gpu_pool=[0]", f"gpu_lock_dir={tmp_path / 'locks'}",
-                 "hydra.launcher.n_jobs=1", "trainer.accelerator=cpu",
-                 f"paths.root_dir={tmp_path}", f"hydra.sweep.dir={sweep_dir}",
-                 "model.net.hidden_size=choice(8,12)", "data.seq_len=choice(8,16)",
-                 "hydra.sweeper.n_trials=6", "hydra/sweeper/pruner=median",
-                 "hydra.sweeper.pruner.n_startup_trials=2", "hydra.sweeper.pruner.n_warmup_steps=0",
-                 "test=false", "hydra.callbacks.sweep_report.samples=false"])
+    out, study = queued_search(tmp_path, small_text, (0.05, 0.05, 1e-6, 0.05, 1e-6, 0.05),
+                               "launcher=local_gpus", "gpu_pool=[0]",
+                               f"gpu_lock_dir={tmp_path / 'locks'}", "hydra.launcher.n_jobs=1",
+                               "trainer.accelerator=cpu", *MEDIAN_AFTER_2, "test=false")
     assert out.returncode == 0, out.stderr[-3000:]
-    study = optuna.load_study(study_name="search", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+    sweep_dir = tmp_path / "search"
     assert [t.state for t in study.trials] == [
         TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED, TrialState.COMPLETE,
         TrialState.PRUNED, TrialState.COMPLETE]

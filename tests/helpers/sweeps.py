@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import optuna
+
 from tests.helpers.paths import ROOT
 
 TINY_CHARLM = ["data=text_file", "data.corpus.test_fraction=0.1", "model.net.hidden_size=8",
@@ -21,6 +23,27 @@ TINY_CHARLM = ["data=text_file", "data.corpus.test_fraction=0.1", "model.net.hid
 def sweep(args: list[str], cwd: Path = ROOT) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "train.py", "-m", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=900)
+
+
+def queued_search(tmp_path: Path, text: Path, lrs: tuple[float, ...], *args: str,
+                  steps: int = 12) -> tuple[subprocess.CompletedProcess, optuna.Study]:
+    """An Optuna search of a tiny CharLM (`hparams_search=charlm_optuna`) whose trials come from a
+    queue, one per learning rate in `lrs`, each training `steps` steps with a validation every 4;
+    `args` add to or override the sweep's. Returns the sweep and its study, loaded after it."""
+    sweep_dir = tmp_path / "search"
+    sweep_dir.mkdir()
+    storage = f"sqlite:///{sweep_dir / 'optuna.db'}"
+    study = optuna.create_study(study_name="search", storage=storage)
+    for lr in lrs:
+        study.enqueue_trial({"model.optimizer.lr": lr, "model.net.hidden_size": 8,
+                             "data.seq_len": 8, "model.net.dropout": 0.0})
+    out = sweep(["hparams_search=charlm_optuna", *TINY_CHARLM, f"data.corpus.path={text}",
+                 f"trainer.limit_train_batches={steps}", "trainer.val_check_interval=4",
+                 f"paths.root_dir={tmp_path}", f"hydra.sweep.dir={sweep_dir}",
+                 "model.net.hidden_size=choice(8,12)", "data.seq_len=choice(8,16)",
+                 f"hydra.sweeper.n_trials={len(lrs)}", "hydra.callbacks.sweep_report.samples=false",
+                 *args])
+    return out, optuna.load_study(study_name="search", storage=storage)
 
 
 def md_rows(report: Path) -> dict[str, list[str]]:
