@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from hw2.config import compose_config
 from hw2.runs.record import job_overrides, read_record, recorded_run, status_of
 from hw2.runs.resume import resolve_checkpoint
+from hw2.sweeps.hydra_callbacks import sweep_title
 from hw2.sweeps.job import SweepDirConflict, run_job
 from hw2.utils.fileio import atomic_write_json
 from tests.helpers.sweeps import TINY_CHARLM, md_rows, sweep
@@ -143,3 +144,21 @@ def test_run_job_decides_from_the_record(tmp_path: Path) -> None:
 
     with pytest.raises(SweepDirConflict, match="holds a run with other overrides"):
         run_job(multirun_cfg(tmp_path, ["model.net.cell=rnn"]), train)
+
+
+def test_a_sweep_is_titled_by_its_dir_and_what_it_varies(tmp_path: Path) -> None:
+    """The MLflow parent run's name: the sweep dir's name, the swept overrides of the command
+    line, then the sweeper's `params` that the command line did not override."""
+    config = OmegaConf.create({"hydra": {
+        "overrides": {"task": ["seed=1", "model.net.cell=rnn,gru", "data.seq_len=choice(8,16)",
+                               "trainer.max_epochs=2"]},
+        "sweeper": {"params": {"data.seq_len": "choice(32,64)",
+                               "model.optimizer.lr": "tag(log, interval(1e-4, 1e-2))"}}}})
+    assert sweep_title(config, tmp_path / "2026-12-07_20-01-02") == (
+        "2026-12-07_20-01-02: model.net.cell=rnn,gru data.seq_len=choice(8,16) "
+        "model.optimizer.lr=tag(log, interval(1e-4, 1e-2))")
+    plain = OmegaConf.create({"hydra": {"overrides": {"task": ["seed=1"]}, "sweeper": {}}})
+    assert sweep_title(plain, tmp_path / "s") == "s"
+    long = OmegaConf.create({"hydra": {"overrides": {"task": [f"seed={','.join(['1'] * 200)}"]},
+                                       "sweeper": {}}})
+    assert len(sweep_title(long, tmp_path / "s")) == 250

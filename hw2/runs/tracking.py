@@ -186,9 +186,10 @@ def finish_mlflow_run(run_dir: str | os.PathLike, record: dict[str, Any]) -> Non
     mlflow.set_terminated(run_id, STATUS.get(str(record.get("status")), "FAILED"))
 
 
-def ensure_sweep_parent(sweep_dir: Path, node: DictConfig, experiment_name: str) -> str:
-    """The parent run of the sweep in `sweep_dir`: made once, then reused by re-runs of the
-    sweep (its id in `<sweep dir>/mlflow_parent.json`) and marked running again."""
+def ensure_sweep_parent(sweep_dir: Path, node: DictConfig, experiment_name: str,
+                        title: str) -> str:
+    """The parent run of the sweep in `sweep_dir`, named `title`: made once, then reused by
+    re-runs of the sweep (its id in `<sweep dir>/mlflow_parent.json`) and marked running again."""
     uri, location = store_settings(node)
     path = sweep_dir / PARENT_FILE
     mlflow = client(uri)
@@ -203,7 +204,7 @@ def ensure_sweep_parent(sweep_dir: Path, node: DictConfig, experiment_name: str)
 
     exp = experiment_id(mlflow, experiment_name, location)
     mark_training_experiment(mlflow, exp)
-    run = mlflow.create_run(exp, tags={MLFLOW_RUN_NAME: f"sweep {sweep_dir.name}",
+    run = mlflow.create_run(exp, tags={MLFLOW_RUN_NAME: title,
                                        "hw2.sweep_dir": str(sweep_dir)})
     sweep_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, {"tracking_uri": uri, "experiment_id": exp,

@@ -173,6 +173,22 @@ class SweepReport(Callback):
             sys.exit(1)  # SystemExit passes Hydra's callback guard: the sweep's exit status
 
 
+SWEEP_SYNTAX = (",", "choice(", "range(", "interval(", "glob(")
+
+
+def sweep_title(config: DictConfig, sweep_dir: Path) -> str:
+    """A sweep's name where runs are listed (MLflow's parent run): its directory's name and what
+    it varies, from the command line's swept overrides and the sweeper's `params`, e.g.
+    `2026-12-07_20-01-02_123456: model.net.cell=rnn,lstm,gru`."""
+    swept = [o for o in config.hydra.overrides.get("task") or []
+             if "=" in o and any(m in o.split("=", 1)[1] for m in SWEEP_SYNTAX)]
+    keys = {o.split("=", 1)[0].lstrip("+~") for o in swept}
+    params = config.hydra.sweeper.get("params") or {}
+    swept += [f"{k}={v}" for k, v in params.items() if k not in keys]
+    title = f"{sweep_dir.name}: {' '.join(swept)}" if swept else sweep_dir.name
+    return title if len(title) <= 250 else title[:249] + "…"  # MLflow's limit: 250
+
+
 class MlflowSweep(Callback):
     """With an MLflow logger configured: the sweep's parent run, created once per sweep dir
     (`mlflow_parent.json`) and reused when the sweep is run again into the same dir."""
@@ -184,5 +200,6 @@ class MlflowSweep(Callback):
         if not HydraConfig.initialized():  # ${hydra:...} in the sweep dir and task name
             HydraConfig.instance().set_config(config)
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        run_id = tracking.ensure_sweep_parent(sweep_dir, node, str(node.experiment_name))
+        run_id = tracking.ensure_sweep_parent(sweep_dir, node, str(node.experiment_name),
+                                              sweep_title(config, sweep_dir))
         log.info("MLflow parent run of %s: %s", sweep_dir, run_id)
